@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_ruff_check_is_clean():
+    folders = [name for name in ("src", "tests", "benchmarks", "scripts") if (ROOT / name).is_dir()]
     proc = subprocess.run(
-        ["ruff", "check", "src", "tests", "benchmarks", "scripts"],
+        ["ruff", "check", *folders],
         cwd=ROOT,
         capture_output=True,
         text=True,
