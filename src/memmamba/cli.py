@@ -68,7 +68,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     scan.set_defaults(func=_bench_scan)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_bench]
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .eval import add_eval_parser, add_report_parser
+
+    add_eval_parser(sub)
+    add_report_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_bench, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
