@@ -1,0 +1,39 @@
+"""MemMamba configuration, models and cache (Hugging Face style)."""
+
+import contextlib
+
+from .cache import MemMambaCache
+from .configuration_memmamba import MemMambaConfig
+from .modeling_memmamba import (
+    MemMambaCausalLMOutput,
+    MemMambaForCausalLM,
+    MemMambaModel,
+    MemMambaOutput,
+    MemMambaPreTrainedModel,
+)
+
+
+def register_auto_classes() -> None:
+    """Register MemMamba with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``.
+
+    Idempotent; ``import memmamba`` calls it.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    with contextlib.suppress(ValueError):  # already registered
+        AutoConfig.register(MemMambaConfig.model_type, MemMambaConfig)
+    for auto, model in ((AutoModel, MemMambaModel), (AutoModelForCausalLM, MemMambaForCausalLM)):
+        with contextlib.suppress(ValueError):
+            auto.register(MemMambaConfig, model)
+
+
+__all__ = [
+    "MemMambaCache",
+    "MemMambaCausalLMOutput",
+    "MemMambaConfig",
+    "MemMambaForCausalLM",
+    "MemMambaModel",
+    "MemMambaOutput",
+    "MemMambaPreTrainedModel",
+    "register_auto_classes",
+]
