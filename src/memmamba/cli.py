@@ -27,6 +27,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     parser.add_argument("--json", action="store_true", help="print results as JSON on stdout")
@@ -55,14 +66,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", required=True, parser_class=_Parser)
     scan = kinds.add_parser("scan", help="selective scan: ours vs mambapy and the HF torch path")
     _add_common(scan)
-    scan.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    scan.add_argument("--dim", type=int, default=768)
-    scan.add_argument("--state-size", type=int, default=16)
-    scan.add_argument("--batch", type=int, default=1)
-    scan.add_argument("--threads", type=int, default=2)
+    scan.add_argument("--lengths", type=positive_int, nargs="+", default=[1024, 4096, 16384])
+    scan.add_argument("--dim", type=positive_int, default=768)
+    scan.add_argument("--state-size", type=positive_int, default=16)
+    scan.add_argument("--batch", type=positive_int, default=1)
+    scan.add_argument("--threads", type=positive_int, default=2)
     scan.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     scan.add_argument("--peers", nargs="*", default=["mambapy", "hf"], choices=["mambapy", "hf"])
-    scan.add_argument("--repeats", type=int, default=3)
+    scan.add_argument("--repeats", type=positive_int, default=3)
     scan.add_argument("--out", default="outputs/bench-scan", help="folder for JSON/CSV/PNG")
     scan.add_argument("--quick", action="store_true", help="one short length, one repeat")
     scan.set_defaults(func=_bench_scan)

@@ -276,6 +276,8 @@ def decode_text(data: bytes, where: str) -> str:
             f"{data[exc.start : exc.start + 4]!r}); convert it first, e.g. "
             "`iconv -f latin1 -t utf-8 in.txt > out.txt`"
         ) from exc
+    if not text.strip():  # e.g. only a byte-order mark
+        raise DataError(f"{where} is empty (no text): remove it or fill it")
     return text.replace("\r\n", "\n")
 
 

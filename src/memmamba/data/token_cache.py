@@ -45,6 +45,23 @@ UINT16_LIMIT = 1 << 16
 HASH_BLOCK_TOKENS = 1 << 22
 CACHE_ENV = "MEMMAMBA_CACHE_DIR"
 CACHE_SUFFIX = ".tokens"
+TOKEN_DTYPES = ("<u2", "<u4")
+HEADER_KEYS = (
+    "source",
+    "split",
+    "tokenizer",
+    "n_docs",
+    "n_tokens",
+    "dtype",
+    "source_fingerprint",
+    "tokenizer_fingerprint",
+    "vocab_size",
+    "tokens_sha256",
+    "offsets_sha256",
+    "titles",
+    "doc_ids",
+    "doc_bytes",
+)
 
 
 def default_cache_dir() -> Path:
@@ -179,12 +196,16 @@ class TokenDataset:
             raise CacheError(f"{self.path}: no such cache file") from exc
         except (json.JSONDecodeError, UnicodeDecodeError, struct.error) as exc:
             raise CacheError(f"{self.path}: corrupt header ({exc})") from exc
-        n_docs = int(self.header["n_docs"])
-        dtype = np.dtype(self.header["dtype"])
+        n_docs, dtype = self._check_header(file_size, off_pos)
         if n_tok != self.header["n_tokens"] or off_pos < PREAMBLE_BYTES + n_tok * dtype.itemsize:
             raise CacheError(f"{self.path}: inconsistent preamble and header")
         self.offsets = np.fromfile(self.path, dtype="<i8", count=n_docs + 1, offset=off_pos)
-        if self.offsets.size != n_docs + 1 or int(self.offsets[-1]) != n_tok:
+        if (
+            self.offsets.size != n_docs + 1
+            or int(self.offsets[0]) != 0
+            or int(self.offsets[-1]) != n_tok
+            or bool((np.diff(self.offsets) < 0).any())
+        ):
             raise CacheError(f"{self.path}: corrupt document offsets")
         self.tokens: np.ndarray = (
             np.memmap(self.path, dtype=dtype, mode="r", offset=PREAMBLE_BYTES, shape=(n_tok,))
@@ -193,6 +214,25 @@ class TokenDataset:
         )
         if verify:
             self.verify()
+
+    def _check_header(self, file_size: int, offsets_pos: int) -> tuple[int, np.dtype]:
+        """Check the header's fields (types and ranges); return ``(n_docs, token dtype)``."""
+        header = self.header
+        if not isinstance(header, dict):
+            raise CacheError(f"{self.path}: corrupt header (not a JSON object)")
+        missing = [key for key in HEADER_KEYS if key not in header]
+        if missing:
+            raise CacheError(f"{self.path}: corrupt header (missing {', '.join(missing)})")
+        n_docs = header["n_docs"]
+        max_docs = max(file_size - offsets_pos, 0) // 8 - 1
+        if not isinstance(n_docs, int) or isinstance(n_docs, bool) or not 0 <= n_docs <= max_docs:
+            raise CacheError(f"{self.path}: corrupt header (n_docs = {n_docs!r})")
+        if header["dtype"] not in TOKEN_DTYPES:
+            raise CacheError(f"{self.path}: corrupt header (dtype = {header['dtype']!r})")
+        for key in ("titles", "doc_ids", "doc_bytes"):
+            if not isinstance(header[key], list) or len(header[key]) != n_docs:
+                raise CacheError(f"{self.path}: corrupt header ({key} does not match n_docs)")
+        return n_docs, np.dtype(header["dtype"])
 
     def verify(self) -> None:
         """Recompute the array hashes; raise :class:`CacheError` on a mismatch."""

@@ -168,12 +168,19 @@ class TokenizersFileTokenizer(Tokenizer):
             raw = path.read_bytes()
         except OSError as exc:
             raise TokenizerError(f"cannot read tokenizer file {path}: {exc}") from exc
-        if path.suffix == ".xz":
-            raw = lzma.decompress(raw)
-        elif path.suffix == ".gz":
-            raw = gzip.decompress(raw)
+        try:
+            if path.suffix == ".xz":
+                raw = lzma.decompress(raw)
+            elif path.suffix == ".gz":
+                raw = gzip.decompress(raw)
+            text = raw.decode("utf-8")
+        except (lzma.LZMAError, OSError, EOFError, UnicodeDecodeError) as exc:
+            raise TokenizerError(
+                f"{path}: not a readable tokenizer file ({exc}); pass a UTF-8 tokenizer.json, "
+                "optionally compressed as .xz or .gz"
+            ) from exc
         digest = hashlib.sha256(raw).hexdigest()
-        return cls(raw.decode("utf-8"), name or path.name, digest)
+        return cls(text, name or path.name, digest)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import torch
+
 from .common import Runner, check_chunking, load_model, load_tokenizer, runner_mode
 from .docret import run_docret
 from .fidelity import run_fidelity
@@ -63,7 +65,52 @@ def _common(p: argparse.ArgumentParser, text: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
+# Lower bounds of the numeric flags (checked before any model is loaded): flag -> minimum.
+FLAG_MINIMUMS = {
+    "chunk_size": 1,
+    "max_single_tokens": 1,
+    "lengths": 1,
+    "labels": 1,
+    "windows": 1,
+    "max_books": 1,
+    "max_windows": 1,
+    "samples": 1,
+    "noise": 0,
+    "questions": 1,
+    "seq_lens": 2,
+    "kv": 1,
+    "vocab": 2,
+    "examples": 1,
+    "gaps": 1,
+    "deltas": 0,
+    "max_positions": 1,
+}
+
+
+def _validate_flags(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first flag whose value is out of range (or a bad device)."""
+    for name, low in FLAG_MINIMUMS.items():
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is not None and v < low:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= {low}, got {v}")
+    for depth in getattr(args, "depths", None) or []:
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"--depths must lie in [0, 1], got {depth}")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {args.device!r} is not a device ({exc})") from exc
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ValueError(f"--device {args.device}: no such CUDA device on this machine")
+
+
 def _prepare(args: argparse.Namespace, text: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    _validate_flags(args)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     tok = load_tokenizer(args.tokenizer, model, args.model) if text else None
     kw = {

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,35 @@ DEFAULT_CHUNK = 2048
 #: Longest prefix a non-recurrent model is given in one forward (O(L^2) attention on CPU).
 DEFAULT_MAX_SINGLE_TOKENS = 32_768
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What a bad model folder raises from ``from_pretrained``: missing or unreadable files (OSError),
+# invalid config values (ValueError), refused pickles (UnpicklingError), corrupt safetensors
+# (SafetensorError, a plain Exception), shape mismatches (RuntimeError), a config.json that is
+# not an object (TypeError / KeyError / AttributeError).
+MODEL_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    pickle.UnpicklingError,
+)
+try:
+    from safetensors import SafetensorError
+
+    MODEL_LOAD_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    pass
+ONE_LINE_CHARS = 300
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first non-empty line of an error message, shortened, for a one-line CLI error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= ONE_LINE_CHARS else text[: ONE_LINE_CHARS - 3] + "..."
+
+
 CACHE_KWARGS = ("cache", "cache_params", "past_key_values")
 CHECK_LENGTH = 24  # tokens of the chunking self-check
 CHECK_CHUNK = 7
@@ -83,7 +113,10 @@ def load_model(
                 f"model folder {str(path_or_model)!r} not found: pass a local folder written by "
                 "save_pretrained (nothing is downloaded)"
             )
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        except MODEL_LOAD_ERRORS as exc:
+            raise ValueError(f"cannot load a model from {str(path)!r}: {_one_line(exc)}") from exc
     model = model.to(device=device, dtype=DTYPES[dtype])
     model.eval()
     return model

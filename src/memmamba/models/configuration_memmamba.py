@@ -18,6 +18,21 @@ def _fail(field: str, value: object, allowed: str) -> None:
     raise ValueError(f"MemMambaConfig.{field} = {value!r} is invalid; allowed: {allowed}")
 
 
+def _require_positive_int(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        _fail(field, value, "a positive integer")
+
+
+def _require_positive_float(field: str, value: object) -> None:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        _fail(field, value, "a finite number > 0")
+
+
 class MemMambaConfig(PretrainedConfig):
     r"""Configuration of a MemMamba language model (arXiv 2510.03279).
 
@@ -121,6 +136,8 @@ class MemMambaConfig(PretrainedConfig):
     scan_backend: str | None = None
 
     def __post_init__(self, **kwargs):
+        for field in ("hidden_size", "expand"):
+            _require_positive_int(field, getattr(self, field))
         self.intermediate_size = int(self.expand * self.hidden_size)
         if self.time_step_rank == "auto":
             self.time_step_rank = math.ceil(self.hidden_size / 16)
@@ -142,6 +159,37 @@ class MemMambaConfig(PretrainedConfig):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 _fail(field, value, "a positive integer")
+        for field in (
+            "layer_norm_epsilon",
+            "time_step_scale",
+            "time_step_min",
+            "time_step_max",
+            "time_step_floor",
+        ):
+            _require_positive_float(field, getattr(self, field))
+        if self.time_step_min > self.time_step_max:
+            _fail(
+                "time_step_min",
+                self.time_step_min,
+                f"a number <= time_step_max={self.time_step_max}",
+            )
+        if (
+            not isinstance(self.initializer_range, (int, float))
+            or isinstance(self.initializer_range, bool)
+            or not math.isfinite(self.initializer_range)
+            or self.initializer_range < 0
+        ):
+            _fail("initializer_range", self.initializer_range, "a finite number >= 0")
+        for field in (
+            "use_memory",
+            "use_bias",
+            "use_conv_bias",
+            "residual_in_fp32",
+            "rescale_prenorm_residual",
+            "tie_word_embeddings",
+        ):
+            if not isinstance(getattr(self, field), bool):
+                _fail(field, getattr(self, field), "True or False")
         if self.time_step_init_scheme not in TIME_STEP_INIT_SCHEMES:
             _fail("time_step_init_scheme", self.time_step_init_scheme, str(TIME_STEP_INIT_SCHEMES))
         for field in ("summary_size", "pool_size", "note_window", "note_period", "memory_heads"):

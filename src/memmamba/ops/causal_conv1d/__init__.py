@@ -76,6 +76,9 @@ def causal_conv1d_fn(
         return _cuda_conv_fn(x, weight, bias, activation=activation)
     prev = x.new_zeros(batch, dim, width - 1) if initial_states is None else initial_states.to(x)
     xpad = torch.cat([prev, x], dim=-1)
+    if x.shape[-1] == 0:  # an empty chunk: F.conv1d rejects inputs shorter than the kernel
+        out = x.new_empty(batch, dim, 0)
+        return (out, xpad) if return_final_states else out
     out = F.conv1d(
         xpad,
         weight.unsqueeze(1).to(x.dtype),
