@@ -1,4 +1,4 @@
-"""The ``memmamba`` command line: one entry point, one subcommand per job.
+"""memmamba command line: one entry point, one subcommand per job.
 
 User errors (bad flags, missing files, invalid configurations) end with a one-line message on
 stderr and exit code 2; anything else is a bug and keeps its traceback.
@@ -86,7 +86,31 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     add_report_parser(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_bench, _add_eval]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from .generate import add_generate_parser
+
+    add_generate_parser(sub)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo,
+    _add_train,
+    _add_generate,
+    _add_eval,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -454,8 +454,17 @@ def _padded_state(n: int) -> int:
 
 
 def _prep(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Detached, ``dtype``, contiguous: at most one copy."""
+    """Detached, ``dtype``, contiguous: at most one copy (always one for a leaf that requires
+    grad — a parameter — so that its storage is never pinned by NumPy; see ``_prep_param``)."""
+    if x.is_leaf and x.requires_grad:
+        return _prep_param(x, dtype)
     return x.detach().to(dtype).contiguous()
+
+
+def _prep_param(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A private copy of a small (dim,) tensor. Parameters are never handed to NumPy: that
+    would pin their storage, which FSDP must be able to free and resize."""
+    return x.detach().to(dtype=dtype, copy=True).contiguous()
 
 
 def _prep_state_last(x: Tensor, n_pad: int, dtype: torch.dtype) -> Tensor:
@@ -497,9 +506,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         u_c, delta_c = _prep(u, cdt), _prep(delta, cdt)
         A_c = _prep_state_last(A, n_pad, cdt)
         B_c, C_c = _prep_bc(B, n_pad, cdt), _prep_bc(C, n_pad, cdt)
-        D_c = None if D is None else _prep(D, cdt)
+        D_c = None if D is None else _prep_param(D, cdt)
         z_c = None if z is None else _prep(z, cdt)
-        bias_c = None if delta_bias is None else _prep(delta_bias, cdt)
+        bias_c = None if delta_bias is None else _prep_param(delta_bias, cdt)
         h0_c = None if initial_state is None else _prep_state_last(initial_state, n_pad, cdt)
 
         n_chunks = -(-seqlen // CHECKPOINT_INTERVAL)
