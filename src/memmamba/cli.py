@@ -81,8 +81,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .eval import add_eval_parser, add_report_parser
+    from .integrations.harness_cli import attach_to_eval
 
     add_eval_parser(sub)
+    attach_to_eval(sub)
     add_report_parser(sub)
 
 

@@ -321,7 +321,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MINUTES,
         help=f"time budget (default {DEFAULT_MINUTES:g}; training takes "
-        f"{MEMMAMBA_TIME_SHARE:.0%} for MemMamba, then Mamba gets its steps)",
+        f"{MEMMAMBA_TIME_SHARE:.0%}% for MemMamba, then Mamba gets its steps)",
     )
     p.add_argument("--steps", type=int, default=0, help="fixed steps instead of a time budget")
     p.add_argument("--smoke", action="store_true", help="tiny everything: seconds (for tests)")

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..integrations.model_card import write_model_card
+
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
@@ -124,6 +126,7 @@ def save_checkpoint(
         torch.save(training_state, tmp / TRAINING_STATE)
         (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
         (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2))
+        write_model_card(tmp, model)
         for file in tmp.iterdir():
             _fsync_path(file)
         _fsync_path(tmp)

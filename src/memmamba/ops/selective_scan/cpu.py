@@ -591,6 +591,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
         )
 
 
+# Dynamo must not trace into numba's dispatcher: the kernel is an opaque call to it.
+@torch.compiler.disable
 def selective_scan_cpu(
     u: Tensor,
     delta: Tensor,
