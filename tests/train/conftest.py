@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from memmamba.train.config import TrainConfig
 
@@ -89,6 +90,7 @@ def subprocess_env() -> dict[str, str]:
     children compute exactly what the test process computes)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # same reduction order as this process
     return env
 
 

@@ -205,7 +205,18 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- parent side
 
 
-def _probe_limits(threads: int, n: int = PROBE_ELEMENTS) -> dict[str, float]:
+def _probe_limits(*args, **kwargs):
+    """Same as ``__probe_limits_impl``; leaves torch's thread count as it found it."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        return __probe_limits_impl(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def __probe_limits_impl(threads: int, n: int = PROBE_ELEMENTS) -> dict[str, float]:
     """Measure torch's fp32 exp rate (exp/s) and memory-copy bandwidth (bytes/s, read + write)."""
     import torch
 
