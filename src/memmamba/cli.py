@@ -61,6 +61,12 @@ def _bench_scan(args: argparse.Namespace) -> object:
     )
 
 
+def _bench_model(args: argparse.Namespace) -> object:
+    from .bench.model import run_from_args
+
+    return run_from_args(args)
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (results as JSON/CSV/PNG)")
     kinds = bench.add_subparsers(dest="bench_kind", required=True, parser_class=_Parser)
@@ -77,6 +83,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("--out", default="outputs/bench-scan", help="folder for JSON/CSV/PNG")
     scan.add_argument("--quick", action="store_true", help="one short length, one repeat")
     scan.set_defaults(func=_bench_scan)
+    from .bench.model import build_parser as model_bench_parser
+
+    model = kinds.add_parser(
+        "model",
+        parents=[model_bench_parser(add_help=False)],
+        help="whole model: our Mamba and MemMamba vs mambapy and the HF torch path",
+    )
+    model.set_defaults(func=_bench_model)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

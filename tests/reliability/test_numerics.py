@@ -191,13 +191,6 @@ def test_small_model_long_bf16_forward_is_finite() -> None:
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="layers/note_pool.py NotePool.forward: under CPU bf16 autocast the summariser output "
-    "is bf16 but the scatter_reduce buffer is built in x.dtype (fp32): 'scatter(): Expected "
-    "self.dtype to be equal to src.dtype'",
-)
 @torch.no_grad()
 def test_small_model_long_bf16_autocast_forward_is_finite() -> None:
     model = _long_model()

@@ -15,13 +15,14 @@ module (suffix)                    maps                                        L
 ``memory.notes.summarizer``        d -> S (note summariser)                    no
 ``memory.notes.scorer``            d -> 1 (note score, ``note_policy=score``)  no
 ``memory.token_fusion.out_proj``   S -> d (fusion of the context)              no
-``mixer.dt_proj``                  used through its weight, not called         never
+``mixer.dt_proj``                  R -> d_inner (time step; bias = scan bias)  no
 =================================  ==========================================  =============
 
 (d = ``hidden_size``, d_inner = ``expand * d``, N = ``state_size``, S = ``summary_size``.)
-``mixer.dt_proj`` must not be targeted: the mixer multiplies by its weight directly, so a LoRA
-wrapper around it would be silently bypassed. ``A_log``, ``D`` and the conv weights are not
-linear layers; train them with ``modules_to_save`` or not at all.
+The mixer's fast paths read a projection's weight directly only when it is a plain
+``nn.Linear``; a wrapped projection (LoRA) is called as a module, so every target is honoured,
+``mixer.dt_proj`` included (its bias stays the scan's ``delta_bias``). ``A_log``, ``D`` and the
+conv weights are not linear layers; train them with ``modules_to_save`` or not at all.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from torch import nn
 from ..ops import (
     causal_conv1d_fn,
     causal_conv1d_update,
+    mixer_step,
     selective_scan_fn,
     selective_state_update,
 )
@@ -24,6 +25,12 @@ from ..ops import (
 # float32/bfloat16 and fits float16, so exp(0 * A) = 1 and the state is left untouched.
 PAD_TIME_STEP = -1.0e4
 CONV_ACTIVATION = "silu"
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    """True for an ``nn.Linear`` itself; the fast paths that read ``.weight`` directly must
+    step aside for wrappers (PEFT's LoRA layers) so that the wrapper's forward runs."""
+    return type(module) is nn.Linear
 
 
 class MambaMixer(nn.Module):
@@ -146,8 +153,14 @@ class MambaMixer(nn.Module):
         batch, length, _ = hidden_states.shape
         dtype = hidden_states.dtype
         mask = None if attention_mask is None else attention_mask.to(torch.bool)
+        if (
+            length == 1
+            and mask is None
+            and self._fused_step_ok(hidden_states, conv_state, ssm_state)
+        ):
+            return self._fused_step(hidden_states, conv_state, ssm_state)
         A = -torch.exp(self.A_log.float())
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
+        xz = self._channel_major(self.in_proj, hidden_states.transpose(1, 2))  # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)
@@ -177,19 +190,24 @@ class MambaMixer(nn.Module):
         if mask is not None:
             x = x * mask[:, None, :].to(x.dtype)
         dt, B, C = torch.split(
-            self.x_proj(x.transpose(1, 2)),
+            self._channel_major(self.x_proj, x),  # (B, R + 2N, L)
             [self.time_step_rank, self.ssm_state_size, self.ssm_state_size],
-            dim=-1,
+            dim=1,
         )
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (B, E, L)
+        if _is_plain_linear(self.dt_proj):
+            dt = self.dt_proj.weight @ dt  # (B, E, L); its bias is the scan's delta_bias
+        else:  # a wrapped projection (e.g. a LoRA adapter): call it, minus the bias
+            dt = self._channel_major(self.dt_proj, dt)
+            if self.dt_proj.bias is not None:
+                dt = dt - self.dt_proj.bias[:, None]
         if mask is not None:
             dt = dt.masked_fill(~mask[:, None, :], PAD_TIME_STEP)
         result = selective_scan_fn(
             x,
             dt,
             A,
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+            B,
+            C,
             D=self.D.float(),
             z=z,
             delta_bias=self.dt_proj.bias.float(),
@@ -201,6 +219,18 @@ class MambaMixer(nn.Module):
         y, new_ssm = result if return_states else (result, None)
         out = self.out_proj(y.transpose(1, 2).to(dtype))
         return out, new_conv, new_ssm
+
+    @staticmethod
+    def _channel_major(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``linear`` applied over the channels of x (B, C_in, L) -> contiguous (B, C_out, L).
+
+        One GEMM W @ x whose output already has the channel-major layout of the conv and the
+        scan, so no transposed copy of the (large) activations is made.
+        """
+        if not _is_plain_linear(linear):  # e.g. a PEFT LoRA layer: run the module itself
+            return linear(x.transpose(1, 2)).transpose(1, 2)
+        out = torch.matmul(linear.weight, x)
+        return out if linear.bias is None else out + linear.bias[:, None]
 
     def _last_real_inputs(
         self, x: torch.Tensor, mask: torch.Tensor, conv_state: torch.Tensor | None
@@ -222,6 +252,52 @@ class MambaMixer(nn.Module):
         out = x.new_zeros(batch, dim, width + 1)
         out = out.scatter(2, slot[:, None, :].expand(-1, dim, -1), seq)
         return out[..., :width]
+
+    def _fused_step_ok(
+        self,
+        hidden_states: torch.Tensor,
+        conv_state: torch.Tensor | None,
+        ssm_state: torch.Tensor | None,
+    ) -> bool:
+        """Whether one token can take the fused numba step (fp32 CPU inference)."""
+        return (
+            conv_state is not None
+            and ssm_state is not None
+            and all(
+                _is_plain_linear(m)
+                for m in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)
+            )
+            and conv_state.shape[-1] == self.conv_kernel_size - 1
+            and mixer_step.supports(
+                hidden_states, conv_state, ssm_state, *(p for p in self.parameters())
+            )
+        )
+
+    def _fused_step(
+        self,
+        hidden_states: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token, no padding: in_proj, fused conv/SSM/gate kernel, out_proj.
+
+        hidden_states: (batch, 1, hidden_size); returns out (batch, 1, hidden_size) and new
+        conv / SSM states (fresh tensors; the given ones are not modified).
+        """
+        xz = self.in_proj(hidden_states[:, 0])  # (B, 2E)
+        y, conv, ssm = mixer_step.mixer_step_cpu(
+            xz,
+            conv_state,
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias if self.use_conv_bias else None,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.dt_proj.bias,
+            self.A_log,
+            self.D,
+            ssm_state,
+        )
+        return self.out_proj(y[:, None, :]), conv, ssm
 
     def _step(
         self,
@@ -252,7 +328,12 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(
             self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1
         )
-        dt = dt @ self.dt_proj.weight.t()  # (B, E)
+        if _is_plain_linear(self.dt_proj):
+            dt = dt @ self.dt_proj.weight.t()  # (B, E); the bias is the update's dt_bias
+        else:
+            dt = self.dt_proj(dt)
+            if self.dt_proj.bias is not None:
+                dt = dt - self.dt_proj.bias
         if mask is not None:
             dt = dt.masked_fill(~mask[:, 0:1], PAD_TIME_STEP)
         y = selective_state_update(

@@ -54,6 +54,8 @@ class MemoryAttention(nn.Module):
             context (batch, L, summary_size); zero for padding tokens and empty pools.
         """
         batch, length, _ = x.shape
+        if length == 1:
+            return self._single_query(x, notes, valid, layout)
         windows, w = layout.num_windows, layout.window
         heads, dh = self.num_heads, self.head_dim
         width = heads * dh
@@ -71,6 +73,29 @@ class MemoryAttention(nn.Module):
         out = (probs @ v).transpose(2, 3).reshape(batch, windows * w, width)
         out = torch.cat([out, out.new_zeros(batch, 1, width)], 1)
         return out.gather(1, layout.grid_index[..., None].expand(-1, -1, width))
+
+    def _single_query(
+        self,
+        x: torch.Tensor,
+        notes: torch.Tensor,
+        valid: torch.Tensor,
+        layout: WindowLayout,
+    ) -> torch.Tensor:
+        """Decoding: one token per sequence, so one window (C = 1) and no (window, offset)
+        grid. x: (batch, 1, hidden); notes: (batch, 1, M, S); valid: (batch, 1, M).
+        Returns (batch, 1, S), zero for a padding token."""
+        batch = x.shape[0]
+        heads, dh = self.num_heads, self.head_dim
+        slots = notes.shape[2]
+        q = self.q_proj(x).reshape(batch, 1, heads, dh).transpose(1, 2)  # (B, H, 1, dh)
+        k = self.k_proj(notes[:, 0]).reshape(batch, slots, heads, dh).transpose(1, 2)
+        v = self.v_proj(notes[:, 0]).reshape(batch, slots, heads, dh).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, 1, M)
+        keep = valid[:, :, None, :]  # (B, 1, 1, M)
+        logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
+        probs = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
+        out = (probs @ v).transpose(1, 2).reshape(batch, 1, heads * dh)
+        return torch.where(layout.real[..., None], out, 0.0)
 
 
 class RetrievalGate(nn.Module):

@@ -16,7 +16,8 @@ Causality: every token of window c reads the pool as it was at the start of wind
 call on L tokens the module returns, for each window touched by the call, the pool snapshot
 at that window's start as an index table into a notes tensor that holds the notes carried in
 from the cache followed by the notes of this call's windows. Only this index bookkeeping loops
-(over windows, in Python, on small integer tensors); all per-token work is batched.
+over windows (one numba kernel on CPU, ``memmamba.ops.pool_plan``; a loop of small tensor ops
+elsewhere); all per-token work is batched.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..ops import pool_plan
 
 # Row 0 of the notes table is a zero note that empty slots may point to.
 EMPTY_ROW = 0
@@ -208,6 +211,10 @@ def plan_pool(
         all windows: index (batch, k), valid (batch, k), scores (batch, k), write_index (batch,).
         Rows are numbered as in ``PoolSnapshots.table``.
     """
+    if valid.device.type == "cpu" and pool_plan.is_available():
+        return pool_plan.plan_pool_cpu(
+            valid, scores, write_index, eligible, new_scores, replacement, TABLE_OFFSET
+        )
     batch, k = valid.shape
     windows = eligible.shape[1]
     slots = torch.arange(k, device=valid.device)
@@ -284,7 +291,7 @@ class NotePool(nn.Module):
         windows = layout.num_windows
         if state is None:
             state = self.empty_state(batch, x.device, x.dtype)
-        notes = self.summarizer(x)  # (B, L, S)
+        notes = self.summarizer(x).to(x.dtype)  # (B, L, S); autocast may give a lower dtype
         dump = torch.full(
             (batch, windows + 1, self.summary_size), float("-inf"), device=x.device, dtype=x.dtype
         )

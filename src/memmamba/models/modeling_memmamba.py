@@ -140,6 +140,7 @@ class MemMambaModel(MemMambaPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         cache_position: torch.Tensor | None = None,
         cache: MemMambaCache | None = None,
+        prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> tuple | MemMambaOutput:
         """Args:
@@ -150,7 +151,23 @@ class MemMambaModel(MemMambaPreTrainedModel):
         attention_mask: (batch, L) or (batch, past + L) 0/1; padding tokens are skipped
             exactly (left padding gives the unpadded results).
         cache_position: accepted for compatibility; positions come from the cache.
+        prefill_chunk_size: run the layers on at most this many tokens at a time, carrying the
+            state between chunks (the same function, to float rounding; bounds the working
+            memory of long prompts and keeps it cache-sized). None: one pass.
         """
+        if prefill_chunk_size is not None:
+            if not isinstance(prefill_chunk_size, int) or prefill_chunk_size < 1:
+                raise ValueError(
+                    f"prefill_chunk_size must be a positive integer or None, "
+                    f"got {prefill_chunk_size!r}"
+                )
+            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            if length > prefill_chunk_size:
+                return self._chunked_forward(
+                    input_ids, inputs_embeds, cache if cache is not None else cache_params,
+                    use_cache, output_hidden_states, return_dict, attention_mask,
+                    prefill_chunk_size,
+                )  # fmt: skip
         cache = cache if cache is not None else cache_params
         output_hidden_states = (
             output_hidden_states
@@ -233,6 +250,67 @@ class MemMambaModel(MemMambaPreTrainedModel):
             last_hidden_state=hidden_states, cache=cache_out, hidden_states=all_hidden
         )
 
+    def _chunked_forward(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor | None,
+        cache: MemMambaCache | None,
+        use_cache: bool | None,
+        output_hidden_states: bool | None,
+        return_dict: bool | None,
+        attention_mask: torch.Tensor | None,
+        chunk: int,
+    ) -> tuple | MemMambaOutput:
+        """``forward`` over consecutive chunks of ``chunk`` tokens with a carried cache."""
+        source = input_ids if input_ids is not None else inputs_embeds
+        length = source.shape[1]
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if use_cache is None:
+            use_cache = cache is not None or (self.config.use_cache and not self.training)
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[1] < length:
+                raise ValueError(
+                    f"attention_mask must have shape (batch, L) or (batch, past + L) with "
+                    f"L={length}, got {tuple(attention_mask.shape)}"
+                )
+            mask = attention_mask[:, attention_mask.shape[1] - length :]
+        if cache is None:
+            cache = MemMambaCache(
+                self.config,
+                source.shape[0],
+                dtype=self.embeddings.weight.dtype if inputs_embeds is None else source.dtype,
+                device=source.device,
+            )
+        hidden, layers_hidden = [], []
+        for start in range(0, length, chunk):
+            part = source[:, start : start + chunk]
+            out = self(
+                input_ids=part if input_ids is not None else None,
+                inputs_embeds=part if inputs_embeds is not None else None,
+                cache=cache,
+                use_cache=True,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                attention_mask=None if mask is None else mask[:, start : start + chunk],
+            )
+            cache = out.cache
+            hidden.append(out.last_hidden_state)
+            if out.hidden_states is not None:
+                layers_hidden.append(out.hidden_states)
+        hidden_states = torch.cat(hidden, 1)
+        all_hidden = (
+            tuple(torch.cat(parts, 1) for parts in zip(*layers_hidden, strict=True))
+            if layers_hidden
+            else None
+        )
+        cache_out = cache if use_cache else None
+        if not return_dict:
+            return tuple(v for v in (hidden_states, cache_out, all_hidden) if v is not None)
+        return MemMambaOutput(
+            last_hidden_state=hidden_states, cache=cache_out, hidden_states=all_hidden
+        )
+
     @staticmethod
     def _prepare_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
         """(batch, >= L) 0/1 -> (batch, L) bool for this call, or None when all real."""
@@ -302,6 +380,7 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
         cache_position: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: MemMambaCache | None = None,
+        prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> tuple | MemMambaCausalLMOutput:
         """Args as ``MemMambaModel.forward``, plus:
@@ -309,6 +388,7 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
             is ignored. The loss is the mean over the non-ignored targets.
         logits_to_keep: int k > 0 keeps the last k positions' logits; a 1-D tensor keeps those
             positions; 0 keeps all.
+        prefill_chunk_size: see ``MemMambaModel.forward`` (e.g. 2048 for long prompts).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.backbone(
@@ -319,6 +399,7 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             attention_mask=attention_mask,
+            prefill_chunk_size=prefill_chunk_size,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):

@@ -1,0 +1,39 @@
+"""Smoke test of the whole-model benchmark: tiny lengths, our two models, writes its outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memmamba.bench.model import SHAPES, flops_per_token, run_model_bench
+from memmamba.ops.selective_scan import cpu
+
+# Peers are left out: importing and converting them costs more than the whole test budget.
+ANCHOR_SMALL_FLOPS = 3_852_288  # the peers' analytic FLOPs per token, small shape with head
+ANCHOR_130M_FLOPS = 262_161_408
+
+
+def test_flops_match_the_anchor_model() -> None:
+    assert flops_per_token(SHAPES["small"])["total"] == ANCHOR_SMALL_FLOPS
+    assert flops_per_token(SHAPES["130m"])["total"] == ANCHOR_130M_FLOPS
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="numba not installed")
+def test_quick_bench_writes_outputs(tmp_path) -> None:
+    result = run_model_bench(
+        modes=("fwd", "decode"), peers=(), threads=1, out_dir=tmp_path, quick=True,
+        decode_steps=2, isolate=False,
+    )  # fmt: skip
+    for name in ("model_bench.json", "model_bench.csv", "model_bench.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    data = json.loads((tmp_path / "model_bench.json").read_text())
+    assert data["limits"]["matmul_flops"] > 0
+    rows = result["rows"]
+    assert {(r["impl"], r["mode"]) for r in rows} == {
+        (i, m) for i in ("mamba", "memmamba") for m in ("fwd", "decode")
+    }
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["mfu"] > 0, r
+    fwd = {r["impl"]: r for r in rows if r["mode"] == "fwd"}
+    assert "x_vs_mamba" in fwd["memmamba"]
