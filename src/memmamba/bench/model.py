@@ -28,13 +28,30 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .cells import (
+    available_peers as _available_peers,
+)
+from .cells import (
+    peak_kib as _peak_kib,
+)
+from .cells import (
+    predict_s as _predict_s,
+)
+from .cells import (
+    reset_peak as _reset_peak,
+)
+from .cells import (
+    rss_now_kib as _rss_now_kib,
+)
+from .cells import (
+    spawn_cell,
+)
 
 IMPLS_ALL = ("mamba", "memmamba", "mamba@base", "memmamba@base", "mambapy", "hf")
 OURS = ("mamba", "memmamba")
@@ -64,7 +81,6 @@ PEER_BUDGET_S = 120.0
 """Skip a peer cell whose predicted time for warm-up plus repeats exceeds this."""
 PEER_MODES = ("fwd", "prefill", "decode")
 """Modes the peers run by default (HF's default-path backward is a Python loop: minutes)."""
-CLEAR_REFS_RESET_PEAK = "5"  # writing 5 to /proc/self/clear_refs resets VmHWM (Linux >= 4.0)
 FWD_BWD_FLOP_FACTOR = 3
 
 
@@ -97,37 +113,6 @@ def flops_per_token(shape: dict[str, int], head: bool = True) -> dict[str, float
 
 
 # ----------------------------------------------------------------------------- subprocess side
-
-
-def _rss_now_kib() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_kib() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write(CLEAR_REFS_RESET_PEAK)
-        return True
-    except OSError:
-        return False
 
 
 class MambapyLM:
@@ -377,43 +362,6 @@ def _matmul_peak_flops_impl(threads: int, size: int = MATMUL_SIZE) -> float:
         torch.mm(a, b, out=c)
         times.append(time.perf_counter() - t0)
     return 2 * size**3 / statistics.median(times)
-
-
-def _spawn_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "memmamba.bench.model", "--cell", json.dumps(spec)]
-    env = dict(os.environ)
-    src = spec.get("src") or str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
-    env.setdefault("NUMBA_NUM_THREADS", str(spec["threads"]))
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    keep = ("impl", "shape", "mode", "L", "batch", "threads")
-    try:
-        res = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=spec["timeout_s"], check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {**{k: spec[k] for k in keep}, "error": f"timeout after {spec['timeout_s']:.0f} s"}
-    for line in reversed(res.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (res.stderr or res.stdout).strip().splitlines()[-1:]
-    return {**{k: spec[k] for k in keep}, "error": " ".join(tail)}
-
-
-def _available_peers(peers: tuple[str, ...]) -> list[str]:
-    import importlib.util
-
-    modules = {"mambapy": "mambapy", "hf": "transformers"}
-    return [p for p in peers if importlib.util.find_spec(modules[p]) is not None]
-
-
-def _predict_s(prev: dict | None, length: int, repeats: int) -> float:
-    """Seconds a cell will take (warm-up + repeats), extrapolated linearly from a shorter L."""
-    if prev is None or "median_ms" not in prev:
-        return 0.0
-    return prev["median_ms"] / MS_PER_S * length / prev["L"] * (repeats + 1)
 
 
 def run_model_bench(
@@ -675,6 +623,17 @@ def run_from_args(a: argparse.Namespace) -> dict[str, Any]:
         out_dir=a.out_dir, quick=a.quick, peer_budget_s=a.peer_budget_s,
         cell_timeout_s=a.cell_timeout_s, baseline_src=a.baseline_src,
     )  # fmt: skip
+
+
+def _spawn_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    return spawn_cell(
+        "memmamba.bench.model",
+        spec,
+        spec["timeout_s"],
+        src=spec.get("src"),
+        keep=("impl", "shape", "mode", "L", "batch", "threads"),
+        extra_env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,30 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .cells import (
+    available_peers as _available_peers,
+)
+from .cells import (
+    peak_kib as _peak_kib,
+)
+from .cells import (
+    predict_s as _predict_s,
+)
+from .cells import (
+    reset_peak as _reset_peak,
+)
+from .cells import (
+    rss_now_kib as _rss_now_kib,
+)
+from .cells import (
+    spawn_cell,
+)
 
 IMPLS_ALL = ("memmamba", "mambapy", "hf")
 MODES = ("fwd", "fwdbwd")
@@ -41,41 +58,9 @@ CELL_TIMEOUT_S = 1800.0
 """Per-subprocess wall-clock limit."""
 PEER_BUDGET_S = 120.0
 """Skip a cell whose predicted time for warm-up plus repeats exceeds this (slow peers)."""
-CLEAR_REFS_RESET_PEAK = "5"  # writing 5 to /proc/self/clear_refs resets VmHWM (Linux >= 4.0)
 
 
 # ----------------------------------------------------------------------------- subprocess side
-
-
-def _rss_now_kib() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_kib() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write(CLEAR_REFS_RESET_PEAK)
-        return True
-    except OSError:
-        return False
 
 
 def _make_inputs(batch: int, dim: int, length: int, n_state: int, grad: bool) -> dict[str, Any]:
@@ -250,32 +235,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _spawn_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "memmamba.bench.scan", "--cell", json.dumps(spec)]
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
-    env.setdefault("NUMBA_NUM_THREADS", str(spec["threads"]))
-    try:
-        res = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=CELL_TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timeout after {CELL_TIMEOUT_S:.0f} s"}
-    for line in reversed(res.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {**spec, "error": (res.stderr or res.stdout).strip().splitlines()[-1:]}
-
-
-def _available_peers(peers: tuple[str, ...]) -> list[str]:
-    import importlib.util
-
-    modules = {"mambapy": "mambapy", "hf": "transformers"}
-    return [p for p in peers if importlib.util.find_spec(modules[p]) is not None]
-
-
 def _work(row: dict[str, Any]) -> tuple[float, float]:
     """(exp count, minimal bytes moved) of one call of our kernel for this cell."""
     bdl = row["batch"] * row["dim"] * row["L"]
@@ -286,13 +245,6 @@ def _work(row: dict[str, Any]) -> tuple[float, float]:
         return exps, fwd_bytes
     # backward recomputes the states: reads u, delta, dout, B, C; writes du, ddelta, dB, dC
     return 2 * exps, fwd_bytes + (5 * bdl + 4 * bln) * BYTES_PER_FLOAT32
-
-
-def _predict_s(prev: dict | None, length: int, repeats: int) -> float:
-    """Seconds a cell will take (warm-up + repeats), extrapolated linearly from a shorter L."""
-    if prev is None or "median_ms" not in prev:
-        return 0.0
-    return prev["median_ms"] / MS_PER_S * length / prev["L"] * (repeats + 1)
 
 
 def run_scan_bench(
@@ -480,6 +432,10 @@ def main(argv: list[str] | None = None) -> None:
         modes=tuple(a.modes), peers=tuple(a.peers), repeats=a.repeats, out_dir=a.out_dir,
         quick=a.quick, peer_budget_s=a.peer_budget_s,
     )  # fmt: skip
+
+
+def _spawn_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    return spawn_cell("memmamba.bench.scan", spec, CELL_TIMEOUT_S)
 
 
 if __name__ == "__main__":
