@@ -62,9 +62,15 @@ def _bench_scan(args: argparse.Namespace) -> object:
 
 
 def _bench_model(args: argparse.Namespace) -> object:
+    import contextlib
+    import io
+
     from .bench.model import run_from_args
 
-    return run_from_args(args)
+    if not (args.quiet or args.json):
+        return run_from_args(args)
+    with contextlib.redirect_stdout(io.StringIO()):  # the table; --json prints the results
+        return run_from_args(args)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +96,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         parents=[model_bench_parser(add_help=False)],
         help="whole model: our Mamba and MemMamba vs mambapy and the HF torch path",
     )
+    _add_common(model)
     model.set_defaults(func=_bench_model)
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ TRAINING_STATE = "training_state.pt"
 TRAINER_STATE = "trainer_state.json"
 TRAIN_CONFIG = "train_config.json"
 STEP_DIGITS = 8
+# Test hook (off by default): seconds to sleep after each file of a checkpoint is written and
+# before each old checkpoint is deleted, so fault injection (scripts/fault_inject.py) can kill
+# a run inside a checkpoint write. Unset or 0 in normal use.
+PAUSE_ENV = "MEMMAMBA_CHECKPOINT_PAUSE_S"
 
 
 class CheckpointError(RuntimeError):
@@ -75,6 +80,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- writing -----------------------------------------------------------------------------------
+def _test_pause() -> None:
+    """Sleep ``$MEMMAMBA_CHECKPOINT_PAUSE_S`` seconds (fault-injection hook; 0 by default)."""
+    seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 def _fsync_path(path: Path) -> None:
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
     try:
@@ -122,14 +134,18 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         model.config.save_pretrained(tmp)
+        _test_pause()
         save_file(weights_for_saving(model, model_state), tmp / WEIGHTS, metadata={"format": "pt"})
+        _test_pause()
         torch.save(training_state, tmp / TRAINING_STATE)
+        _test_pause()
         (tmp / TRAINER_STATE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
         (tmp / TRAIN_CONFIG).write_text(json.dumps(train_config, indent=2))
         write_model_card(tmp, model)
         for file in tmp.iterdir():
             _fsync_path(file)
         _fsync_path(tmp)
+        _test_pause()
         if final.exists():  # the same step saved again (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -138,8 +154,20 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {final}: {exc}") from exc
     for old in list_checkpoints(out_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_checkpoint(old)
     return final
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint so a crash midway never leaves a torn ``step-*`` folder: it is first
+    renamed to a temporary name (atomic), which :func:`clean_partial` removes if we die."""
+    doomed = folder.with_name(f"{TMP_PREFIX}del-{folder.name}-{os.getpid()}")
+    try:
+        os.rename(folder, doomed)
+    except OSError:
+        return
+    _test_pause()
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # -- reading -----------------------------------------------------------------------------------

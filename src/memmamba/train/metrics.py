@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,8 +57,10 @@ class MetricsLogger:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_log(self.path) if r.get("step", 0) <= resume_step]
-        with open(self.path, "w") as fh:
+        tmp = self.path.with_name(f".{LOG_NAME}.tmp")  # replaced atomically: a kill here
+        with open(tmp, "w") as fh:  # must not lose the log of the steps already done
             fh.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
