@@ -58,6 +58,7 @@ def _bench_scan(args: argparse.Namespace) -> object:
         repeats=args.repeats,
         out_dir=args.out,
         quick=args.quick,
+        progress=not args.quiet,
     )
 
 

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .cells import (
     available_peers as _available_peers,
 )
@@ -383,6 +385,7 @@ def run_model_bench(
     cell_timeout_s: float = CELL_TIMEOUT_S,
     isolate: bool = True,
     baseline_src: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Benchmark whole-model CPU throughput; writes ``model_bench.{json,csv,png}`` to ``out_dir``.
 
@@ -409,6 +412,7 @@ def run_model_bench(
     rows: list[dict[str, Any]] = []
     last_ok: dict[tuple[str, str, str], dict] = {}
     t_start = time.time()
+    bar = tqdm(desc="model bench", unit="cell", disable=not progress)
     for shape in shapes:
         for mode in modes:
             for length in decode_lengths if mode == "decode" else lengths:
@@ -433,7 +437,9 @@ def run_model_bench(
                         if "median_ms" in row:
                             last_ok[(impl, shape, mode)] = row
                     rows.append(row)
-                    print(_fmt_row(row), flush=True)
+                    bar.update(1)
+                    bar.write(_fmt_row(row))
+    bar.close()
     limits["matmul_flops_end"] = matmul_peak_flops(threads)
     limits["matmul_flops"] = max(limits["matmul_flops_start"], limits["matmul_flops_end"])
     limits["wall_s"] = time.time() - t_start
@@ -622,6 +628,7 @@ def run_from_args(a: argparse.Namespace) -> dict[str, Any]:
         prefill_chunk=a.prefill_chunk, batch=a.batch, threads=a.threads, repeats=a.repeats,
         out_dir=a.out_dir, quick=a.quick, peer_budget_s=a.peer_budget_s,
         cell_timeout_s=a.cell_timeout_s, baseline_src=a.baseline_src,
+        progress=not getattr(a, "quiet", False),
     )  # fmt: skip
 
 

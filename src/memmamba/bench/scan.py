@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .cells import (
     available_peers as _available_peers,
 )
@@ -259,6 +261,7 @@ def run_scan_bench(
     out_dir: str | os.PathLike | None = None,
     quick: bool = False,
     peer_budget_s: float = PEER_BUDGET_S,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Benchmark the CPU selective scan; writes ``scan_bench.{json,csv,png}`` into ``out_dir``.
 
@@ -274,6 +277,8 @@ def run_scan_bench(
     limits = _probe_limits(threads, QUICK_PROBE_ELEMENTS if quick else PROBE_ELEMENTS)
     rows: list[dict[str, Any]] = []
     last_ok: dict[tuple[str, str], dict] = {}
+    bar = tqdm(total=len(lengths) * len(modes) * len(impls), desc="scan bench", unit="cell",
+               disable=not progress)  # fmt: skip
     for length in lengths:
         for mode in modes:
             for impl in impls:
@@ -288,7 +293,9 @@ def run_scan_bench(
                         last_ok[(impl, mode)] = row
                 row.pop("budget_s", None)
                 rows.append(row)
-                print(_fmt_row(row), flush=True)
+                bar.update(1)
+                bar.write(_fmt_row(row))
+    bar.close()
     _add_ratios(rows, limits)
     if out_dir is not None:
         _write_outputs(rows, limits, Path(out_dir))
