@@ -36,24 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .cells import (
-    available_peers as _available_peers,
-)
-from .cells import (
-    peak_kib as _peak_kib,
-)
-from .cells import (
-    predict_s as _predict_s,
-)
-from .cells import (
-    reset_peak as _reset_peak,
-)
-from .cells import (
-    rss_now_kib as _rss_now_kib,
-)
-from .cells import (
-    spawn_cell,
-)
+from . import cells
 
 IMPLS_ALL = ("mamba", "memmamba", "mamba@base", "memmamba@base", "mambapy", "hf")
 OURS = ("mamba", "memmamba")
@@ -294,10 +277,10 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         **{k: spec[k] for k in ("impl", "shape", "mode", "L", "batch", "threads")},
         "params": n_params,
     }
-    base_kib = _rss_now_kib()
-    reset_ok = _reset_peak() and base_kib is not None
+    base_kib = cells.rss_now_kib()
+    reset_ok = cells.reset_peak() and base_kib is not None
     if not reset_ok:
-        base_kib = _peak_kib()
+        base_kib = cells.peak_kib()
     if mode == "decode":
         steps = spec["decode_steps"]
         t0 = time.perf_counter()
@@ -323,7 +306,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak_extra = max(_peak_kib() - base_kib, 0) * BYTES_PER_KIB
+    peak_extra = max(cells.peak_kib() - base_kib, 0) * BYTES_PER_KIB
     med = statistics.median(times)
     row.update(
         median_ms=med * MS_PER_S,
@@ -331,7 +314,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         repeats=len(times),
         tokens_per_s=tokens / med,
         peak_extra_mib=peak_extra / BYTES_PER_MIB,
-        peak_rss_mib=_peak_kib() / BYTES_PER_KIB if reset_ok else None,
+        peak_rss_mib=cells.peak_kib() / BYTES_PER_KIB if reset_ok else None,
         peak_method="VmHWM reset" if reset_ok else "ru_maxrss (includes start-up)",
     )
     return row
@@ -407,7 +390,7 @@ def run_model_bench(
     impls_run = [i for i in impls if i in OURS]
     if baseline_src is not None:
         impls_run += [i + BASE_SUFFIX for i in impls if i in OURS]
-    impls_run += _available_peers(tuple(peers))
+    impls_run += cells.available_peers(tuple(peers))
     limits = {"matmul_flops_start": matmul_peak_flops(threads)}
     rows: list[dict[str, Any]] = []
     last_ok: dict[tuple[str, str, str], dict] = {}
@@ -428,7 +411,7 @@ def run_model_bench(
                     if impl.endswith(BASE_SUFFIX):
                         spec["src"] = str(baseline_src)
                     prev = last_ok.get((impl, shape, mode))
-                    predicted = 0.0 if mode == "decode" else _predict_s(prev, length, 0)
+                    predicted = 0.0 if mode == "decode" else cells.predict_s(prev, length, 0)
                     if not _is_ours(impl) and predicted > peer_budget_s:
                         row = {k: spec[k] for k in ("impl", "shape", "mode", "L", "batch")}
                         row["skipped"] = f"predicted {predicted:.0f} s per call"
@@ -514,21 +497,21 @@ def format_table(rows: list[dict[str, Any]], limits: dict[str, float] | None = N
         key=lambda k: (k[0], MODES.index(k[1]), k[2]),
     )
     for shape, mode, length in keys:
-        cells = [shape, mode, str(length)]
+        row_text = [shape, mode, str(length)]
         for i in impls:
             r = by_key.get((i, shape, mode, length), {})
             if "tokens_per_s" in r:
-                cells.append(f"{r['tokens_per_s']:,.0f} ({r['peak_extra_mib']:.0f})")
+                row_text.append(f"{r['tokens_per_s']:,.0f} ({r['peak_extra_mib']:.0f})")
             elif r:
-                cells.append("skipped" if "skipped" in r else "error")
+                row_text.append("skipped" if "skipped" in r else "error")
             else:
-                cells.append("-")
+                row_text.append("-")
         for a, b in ratio_cols:
             s = by_key.get((a, shape, mode, length), {}).get(f"x_vs_{b}")
-            cells.append(f"{s:.2f}x" if s else "-")
+            row_text.append(f"{s:.2f}x" if s else "-")
         m = by_key.get(("mamba", shape, mode, length), {}).get("mfu")
-        cells.append(f"{100 * m:.1f}%" if m else "-")
-        lines.append("| " + " | ".join(cells) + " |")
+        row_text.append(f"{100 * m:.1f}%" if m else "-")
+        lines.append("| " + " | ".join(row_text) + " |")
     if limits:
         lines.append("")
         lines.append(
@@ -633,7 +616,7 @@ def run_from_args(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spawn_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    return spawn_cell(
+    return cells.spawn_cell(
         "memmamba.bench.model",
         spec,
         spec["timeout_s"],

@@ -24,24 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .cells import (
-    available_peers as _available_peers,
-)
-from .cells import (
-    peak_kib as _peak_kib,
-)
-from .cells import (
-    predict_s as _predict_s,
-)
-from .cells import (
-    reset_peak as _reset_peak,
-)
-from .cells import (
-    rss_now_kib as _rss_now_kib,
-)
-from .cells import (
-    spawn_cell,
-)
+from . import cells
 
 IMPLS_ALL = ("memmamba", "mambapy", "hf")
 MODES = ("fwd", "fwdbwd")
@@ -163,10 +146,10 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         _impl_fn(impl, tiny, grad)()
     t = _make_inputs(spec["batch"], spec["dim"], spec["L"], spec["N"], grad)
     fn = _impl_fn(impl, t, grad)
-    base_kib = _rss_now_kib()
-    reset_ok = _reset_peak() and base_kib is not None
+    base_kib = cells.rss_now_kib()
+    reset_ok = cells.reset_peak() and base_kib is not None
     if not reset_ok:
-        base_kib = _peak_kib()
+        base_kib = cells.peak_kib()
     t0 = time.perf_counter()
     fn()  # warm-up (also the memory measurement for the first call)
     times = [time.perf_counter() - t0]
@@ -178,7 +161,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak_extra = max(_peak_kib() - base_kib, 0) * BYTES_PER_KIB
+    peak_extra = max(cells.peak_kib() - base_kib, 0) * BYTES_PER_KIB
     return {
         **{k: spec[k] for k in ("impl", "mode", "L", "dim", "N", "batch", "threads")},
         "median_ms": statistics.median(times) * MS_PER_S,
@@ -273,7 +256,7 @@ def run_scan_bench(
     if quick:
         lengths = tuple(min(L, QUICK_LENGTHS[0]) for L in lengths[:1]) or QUICK_LENGTHS
         repeats = 1
-    impls = ["memmamba", *_available_peers(tuple(peers))]
+    impls = ["memmamba", *cells.available_peers(tuple(peers))]
     limits = _probe_limits(threads, QUICK_PROBE_ELEMENTS if quick else PROBE_ELEMENTS)
     rows: list[dict[str, Any]] = []
     last_ok: dict[tuple[str, str], dict] = {}
@@ -284,7 +267,7 @@ def run_scan_bench(
             for impl in impls:
                 spec = dict(impl=impl, mode=mode, L=length, dim=dim, N=N, batch=batch,
                             threads=threads, repeats=repeats, budget_s=peer_budget_s)  # fmt: skip
-                predicted = _predict_s(last_ok.get((impl, mode)), length, 0)
+                predicted = cells.predict_s(last_ok.get((impl, mode)), length, 0)
                 if impl != "memmamba" and predicted > peer_budget_s:
                     row = {**spec, "skipped": f"predicted {predicted:.0f} s per call"}
                 else:
@@ -341,19 +324,19 @@ def format_table(rows: list[dict[str, Any]], limits: dict[str, float] | None = N
             ours = by_key.get(("memmamba", mode, length))
             if ours is None:
                 continue
-            cells = [str(length), mode]
+            row_text = [str(length), mode]
             for i in impls:
                 r = by_key.get((i, mode, length), {})
                 if "median_ms" in r:
-                    cells.append(f"{r['median_ms']:.1f} ({r['peak_extra_mib']:.0f})")
+                    row_text.append(f"{r['median_ms']:.1f} ({r['peak_extra_mib']:.0f})")
                 else:
-                    cells.append("skipped" if "skipped" in r else "error")
+                    row_text.append("skipped" if "skipped" in r else "error")
             for i in impls[1:]:
                 s = ours.get(f"speedup_vs_{i}")
-                cells.append(f"{s:.1f}x" if s else "-")
-            cells.append(f"{ours['exp_per_s'] / 1e9:.2f}" if "exp_per_s" in ours else "-")
-            cells.append(f"{ours['bytes_per_s'] / 1e9:.2f}" if "bytes_per_s" in ours else "-")
-            lines.append("| " + " | ".join(cells) + " |")
+                row_text.append(f"{s:.1f}x" if s else "-")
+            row_text.append(f"{ours['exp_per_s'] / 1e9:.2f}" if "exp_per_s" in ours else "-")
+            row_text.append(f"{ours['bytes_per_s'] / 1e9:.2f}" if "bytes_per_s" in ours else "-")
+            lines.append("| " + " | ".join(row_text) + " |")
     if limits:
         lines.append("")
         lines.append(
@@ -442,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _spawn_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    return spawn_cell("memmamba.bench.scan", spec, CELL_TIMEOUT_S)
+    return cells.spawn_cell("memmamba.bench.scan", spec, CELL_TIMEOUT_S)
 
 
 if __name__ == "__main__":
