@@ -7,6 +7,8 @@ stderr and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import sys
@@ -47,31 +49,37 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _bench_scan(args: argparse.Namespace) -> object:
     from .bench.scan import run_scan_bench
 
-    return run_scan_bench(
-        lengths=tuple(args.lengths),
-        dim=args.dim,
-        N=args.state_size,
-        batch=args.batch,
-        threads=args.threads,
-        modes=tuple(args.modes),
-        peers=tuple(args.peers),
-        repeats=args.repeats,
-        out_dir=args.out,
-        quick=args.quick,
-        progress=not args.quiet,
+    return _run_bench(
+        args,
+        lambda: run_scan_bench(
+            lengths=tuple(args.lengths),
+            dim=args.dim,
+            N=args.state_size,
+            batch=args.batch,
+            threads=args.threads,
+            modes=tuple(args.modes),
+            peers=tuple(args.peers),
+            repeats=args.repeats,
+            out_dir=args.out,
+            quick=args.quick,
+            progress=not args.quiet,
+        ),
     )
 
 
-def _bench_model(args: argparse.Namespace) -> object:
-    import contextlib
-    import io
+def _run_bench(args: argparse.Namespace, run: Callable[[], object]) -> object:
+    """Run a benchmark; with --quiet or --json its printed rows and tables are dropped
+    (--json prints the results instead)."""
+    if not (args.quiet or args.json):
+        return run()
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run()
 
+
+def _bench_model(args: argparse.Namespace) -> object:
     from .bench.model import run_from_args
 
-    if not (args.quiet or args.json):
-        return run_from_args(args)
-    with contextlib.redirect_stdout(io.StringIO()):  # the table; --json prints the results
-        return run_from_args(args)
+    return _run_bench(args, lambda: run_from_args(args))
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
