@@ -51,6 +51,18 @@ def reset_peak() -> bool:
         return False
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` threads in torch and (when installed) numba for this cell's process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def available_peers(peers: Sequence[str]) -> list[str]:
     """The peers (``mambapy``, ``hf``) whose package is importable here."""
     return [p for p in peers if importlib.util.find_spec(PEER_MODULES[p]) is not None]

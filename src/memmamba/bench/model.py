@@ -257,13 +257,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one (impl, shape, mode, L) cell in this process; returns a result row."""
     import torch
 
-    torch.set_num_threads(spec["threads"])
-    try:
-        import numba
-
-        numba.set_num_threads(min(spec["threads"], numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    cells.set_threads(spec["threads"])
     impl, mode, length = spec["impl"], spec["mode"], spec["L"]
     shape = SHAPES[spec["shape"]]
     model = build_models(shape, impl)

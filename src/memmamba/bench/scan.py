@@ -130,15 +130,7 @@ def _impl_fn(impl: str, t: dict[str, Any], grad: bool):
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one (impl, length, mode) cell in this process; returns a result row."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    try:
-        import numba
-
-        numba.set_num_threads(min(spec["threads"], numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    cells.set_threads(spec["threads"])
     grad = spec["mode"] == "fwdbwd"
     impl = spec["impl"]
     if impl == "memmamba":  # load/compile the kernels outside the measurement
