@@ -6,8 +6,9 @@ in float32, and (memory on) the note pool: notes (batch, k, S), scores (batch, k
 running max score (batch,). Shared by all layers: ``seen_tokens`` (batch,), the real tokens
 consumed so far by each sequence, which fixes the position within the open window.
 
-The model replaces the tensors after every call (it never writes them in place), so a cache
-can also carry gradients between chunks (truncated BPTT). Every batch operation (``reset``,
+The batched forward replaces the tensors after every call (it never writes them in place), so
+a cache can also carry gradients between chunks (truncated BPTT); the fused one-token CPU step
+(``fast_decode``, inference only) updates them in place, as transformers' ``MambaCache`` does. Every batch operation (``reset``,
 ``reorder_cache`` for beam search, ``batch_select_indices``, ``batch_repeat_interleave``)
 covers every tensor.
 """

@@ -84,6 +84,8 @@ class MemMambaConfig(PretrainedConfig):
       is an exact no-op.
     - ``fusion_init`` (0.0, ours): initial alpha of the weighted fusion.
     - ``scan_backend`` (None = automatic): backend of ``memmamba.ops.selective_scan_fn``.
+    - ``fused_decode`` (True, ours): one-token cached calls in fp32 CPU inference run the whole
+      layer as one numba kernel (``memmamba.models.fast_decode``); False keeps the torch path.
     """
 
     model_type = "memmamba"
@@ -134,6 +136,7 @@ class MemMambaConfig(PretrainedConfig):
     fusion: str = "weighted"
     fusion_init: float = 0.0
     scan_backend: str | None = None
+    fused_decode: bool = True
 
     def __post_init__(self, **kwargs):
         for field in ("hidden_size", "expand"):
@@ -187,6 +190,7 @@ class MemMambaConfig(PretrainedConfig):
             "residual_in_fp32",
             "rescale_prenorm_residual",
             "tie_word_embeddings",
+            "fused_decode",
         ):
             if not isinstance(getattr(self, field), bool):
                 _fail(field, getattr(self, field), "True or False")

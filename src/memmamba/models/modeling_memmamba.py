@@ -24,6 +24,7 @@ from ..layers.block import MemMambaBlock, MemMambaRMSNorm
 from ..layers.mamba_mixer import MambaMixer
 from ..layers.memory_attention import MemoryFusion, ZeroInitLinear
 from ..layers.note_pool import PoolSnapshots, WindowLayout
+from . import fast_decode
 from .cache import MemMambaCache
 from .configuration_memmamba import MemMambaConfig
 
@@ -391,10 +392,23 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
         prefill_chunk_size: see ``MemMambaModel.forward`` (e.g. 2048 for long prompts).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = cache if cache is not None else cache_params
+        if (
+            labels is None
+            and inputs_embeds is None
+            and use_cache is not False
+            and not output_hidden_states
+            and isinstance(logits_to_keep, int)
+            and fast_decode.applies(self, input_ids, cache, attention_mask)
+        ):
+            logits = fast_decode.decode_step(self, input_ids, cache)[:, None]
+            if not return_dict:
+                return (logits, cache)
+            return MemMambaCausalLMOutput(logits=logits, cache=cache)
         outputs = self.backbone(
             input_ids,
             inputs_embeds=inputs_embeds,
-            cache=cache if cache is not None else cache_params,
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,

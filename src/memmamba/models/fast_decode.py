@@ -1,0 +1,279 @@
+"""Fused one-token decoding on CPU: the whole model step as one numba kernel per layer.
+
+``MemMambaForCausalLM.forward`` takes this path for a cached call on one real token per
+sequence in fp32 CPU inference (``config.fused_decode``, default on); everything else runs the
+batched torch path, which is the reference the tests compare this one with.
+
+The first fused step on a cache copies its states into contiguous tensors, the pools of all
+layers packed into one tensor per field (cross-layer attention reads several layers' pools),
+and puts views of them back into the cache; later steps update those tensors **in place**, as
+transformers' ``MambaCache`` does. Any other call (a multi-token forward, ``reorder_cache`` in
+beam search, batch selection) replaces the cache's tensors, and the next fused step re-packs
+them. The weights are read (as zero-copy views) on the first fused step of a cache; a cache
+belongs to one model and one run of decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..layers.block import LayerState
+from ..layers.note_pool import PoolState
+from ..ops import decode_step as kernels
+from .cache import MemMambaCache
+
+__all__ = ["applies", "decode_step"]
+
+_KNOWN_TORCH_MODULES = (nn.Linear, nn.Conv1d, nn.Embedding, nn.ModuleList)
+_POOL_FIELDS = ("notes", "valid", "scores", "write_index", "run_note", "run_score")
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _dummy(ndim: int, dtype=np.float32) -> np.ndarray:
+    return np.zeros((1,) * ndim, dtype=dtype)
+
+
+def applies(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    cache: MemMambaCache | None,
+    attention_mask: torch.Tensor | None,
+) -> bool:
+    """Whether this call can take the fused step (checked cheaply on every decoding call)."""
+    if (
+        cache is None
+        or input_ids is None
+        or input_ids.dim() != 2
+        or input_ids.shape[1] != 1
+        or input_ids.shape[0] != cache.batch_size
+        or input_ids.device.type != "cpu"
+        or cache.dtype != torch.float32
+        or not kernels.is_available()
+        or not model.config.fused_decode
+    ):
+        return False
+    weight = model.lm_head.weight
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return False
+    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+        return False  # a padding token: the batched path skips it exactly
+    packed = getattr(cache, "_fused", None)
+    if packed is not None and packed.model is model:
+        return packed.supported
+    return _model_supported(model)
+
+
+def _model_supported(model: nn.Module) -> bool:
+    """fp32 CPU parameters and only the modules the kernels know: memmamba's own and plain
+    ``nn.Linear`` / ``Conv1d`` / ``Embedding`` (a wrapper such as PEFT's LoRA layer must run its
+    own forward, so its presence sends every call down the torch path)."""
+    for param in model.parameters():
+        if param.dtype != torch.float32 or param.device.type != "cpu":
+            return False
+    return all(
+        type(m) in _KNOWN_TORCH_MODULES or type(m).__module__.startswith("memmamba.")
+        for m in model.modules()
+    )
+
+
+@dataclass
+class _Packed:
+    """What the kernels read, built on the first fused step of a cache."""
+
+    model: nn.Module
+    supported: bool
+    layer_weights: list[tuple]
+    head: tuple
+    layer_states: list[LayerState]
+    seen: torch.Tensor
+    conv: list[np.ndarray]
+    ssm: list[np.ndarray]
+    pools: tuple[np.ndarray, ...]
+    seen_np: np.ndarray
+
+
+def _mixer_weights(mixer) -> tuple:
+    in_b = mixer.in_proj.bias
+    out_b = mixer.out_proj.bias
+    conv_b = mixer.conv1d.bias
+    return (
+        _np(mixer.in_proj.weight),
+        _np(in_b) if in_b is not None else _dummy(1),
+        in_b is not None,
+        _np(mixer.conv1d.weight.squeeze(1)),
+        _np(conv_b) if conv_b is not None else _dummy(1),
+        conv_b is not None,
+        _np(mixer.x_proj.weight),
+        _np(mixer.dt_proj.weight),
+        _np(mixer.dt_proj.bias),
+        -np.exp(_np(mixer.A_log.float())),
+        _np(mixer.D.float()),
+        _np(mixer.out_proj.weight),
+        _np(out_b) if out_b is not None else _dummy(1),
+        out_b is not None,
+    )
+
+
+def _attention_weights(attn, fusion) -> tuple:
+    return (
+        _np(attn.q_proj.weight),
+        _np(attn.k_proj.weight),
+        _np(attn.v_proj.weight),
+        kernels.FUSION_CODES[fusion.kind],
+        _np(fusion.out_proj.weight),
+        _np(fusion.alpha) if fusion.alpha is not None else _dummy(1),
+        _np(fusion.gate.weight) if fusion.gate is not None else _dummy(2),
+        _np(fusion.gate.bias) if fusion.gate is not None else _dummy(1),
+    )
+
+
+_NO_ATTENTION = (_dummy(2), _dummy(2), _dummy(2), 0, _dummy(2), _dummy(1), _dummy(2), _dummy(1))
+
+
+def _memory_weights(config, memory, layer_idx: int) -> tuple:
+    """The memory part of ``layer_step``'s arguments after the pool arrays."""
+    if memory is None:
+        return (
+            _dummy(2), _dummy(1), 0, _dummy(1), 0.0,
+            0, _dummy(1), 0.0, 0.0, 1, 0,
+            1, *_NO_ATTENTION, np.array([layer_idx]),
+            False, *_NO_ATTENTION, np.zeros(0, dtype=np.int64),
+        )  # fmt: skip
+    notes, gate = memory.notes, memory.gate
+    scorer = notes.scorer
+    cross = memory.layer_attn is not None
+    return (
+        _np(notes.summarizer.weight),
+        _np(notes.summarizer.bias),
+        kernels.POLICY_CODES[notes.policy],
+        _np(scorer.weight[0]) if scorer is not None else _dummy(1),
+        float(scorer.bias[0]) if scorer is not None else 0.0,
+        kernels.GATE_CODES[gate.kind],
+        _np(gate.proj.weight[0]) if gate.proj is not None else _dummy(1),
+        float(gate.proj.bias[0]) if gate.proj is not None else 0.0,
+        float(gate.threshold),
+        int(gate.period),
+        int(gate.period_active),
+        memory.token_attn.num_heads,
+        *_attention_weights(memory.token_attn, memory.token_fusion),
+        np.array([layer_idx], dtype=np.int64),
+        cross,
+        *(_attention_weights(memory.layer_attn, memory.layer_fusion) if cross else _NO_ATTENTION),
+        np.array(memory.sources, dtype=np.int64),
+    )
+
+
+def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> None:
+    """Own contiguous copies of the cache's states (pools of all layers in one tensor per
+    field), give the cache views of them, and keep numpy views for the kernels."""
+    layers = cache.layers
+    convs = [layer.conv.detach().clone(memory_format=torch.contiguous_format) for layer in layers]
+    ssms = [layer.ssm.detach().clone(memory_format=torch.contiguous_format) for layer in layers]
+    if model.config.use_memory:
+        stacked = {
+            name: torch.stack([getattr(layer.pool, name).detach() for layer in layers])
+            for name in _POOL_FIELDS
+        }
+        pools = [PoolState(**{n: stacked[n][i] for n in _POOL_FIELDS}) for i in range(len(layers))]
+        packed.pools = tuple(stacked[name].numpy() for name in _POOL_FIELDS)
+    else:
+        pools = [None] * len(layers)
+        packed.pools = (
+            _dummy(4), _dummy(3, np.bool_), _dummy(3), _dummy(2, np.int64), _dummy(3), _dummy(2)
+        )  # fmt: skip
+    cache.layers = [
+        LayerState(conv=c, ssm=s, pool=p) for c, s, p in zip(convs, ssms, pools, strict=True)
+    ]
+    cache.seen_tokens = cache.seen_tokens.detach().clone()
+    packed.layer_states = list(cache.layers)
+    packed.seen = cache.seen_tokens
+    packed.conv = [c.numpy() for c in convs]
+    packed.ssm = [s.numpy() for s in ssms]
+    packed.seen_np = cache.seen_tokens.numpy()
+
+
+def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
+    packed = getattr(cache, "_fused", None)
+    if packed is None or packed.model is not model:
+        backbone = model.backbone
+        config = model.config
+        weights = []
+        for i, block in enumerate(backbone.layers):
+            weights.append(
+                (
+                    _np(block.norm.weight),
+                    float(block.norm.variance_epsilon),
+                    *_mixer_weights(block.mixer),
+                )
+                + _memory_weights(config, block.memory, i)
+            )
+        head = (
+            _np(backbone.norm_f.weight),
+            float(backbone.norm_f.variance_epsilon),
+            _np(model.lm_head.weight),
+        )
+        packed = _Packed(
+            model=model,
+            supported=_model_supported(model),
+            layer_weights=weights,
+            head=head,
+            layer_states=[],
+            seen=cache.seen_tokens,
+            conv=[],
+            ssm=[],
+            pools=(),
+            seen_np=np.zeros(0, dtype=np.int64),
+        )
+        cache._fused = packed
+        _pack_states(model, cache, packed)
+        return packed
+    if packed.seen is not cache.seen_tokens or any(
+        a is not b for a, b in zip(cache.layers, packed.layer_states, strict=True)
+    ):
+        _pack_states(model, cache, packed)
+    return packed
+
+
+@torch.no_grad()
+def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: MemMambaCache) -> torch.Tensor:
+    """One real token per sequence through the whole model, updating ``cache`` in place.
+
+    input_ids: (B, 1) in [0, vocab_size); returns logits (B, vocab_size) float32.
+    """
+    ids = input_ids.numpy()[:, 0]
+    vocab = model.config.vocab_size
+    if ids.min() < 0 or ids.max() >= vocab:
+        model.backbone._check_ids(input_ids)  # raises the model's usual error
+    packed = _pack(model, cache)
+    embeddings = model.backbone.embeddings.weight.detach().numpy()
+    hidden = embeddings[ids]  # (B, d) copy
+    notes, valid, scores, write_index, run_note, run_score = packed.pools
+    seen = packed.seen_np
+    for i, weights in enumerate(packed.layer_weights):
+        kernels.layer_step(
+            hidden, *weights[:16], packed.conv[i], packed.ssm[i],
+            model.config.use_memory, i, seen, notes, valid, run_note, run_score,
+            *weights[16:],
+        )  # fmt: skip
+    config = model.config
+    if config.use_memory:
+        kernels.close_windows(
+            seen, config.note_window, kernels.POLICY_CODES[config.note_policy],
+            float(config.note_threshold), config.note_period, config.note_period_active,
+            kernels.REPLACEMENT_CODES[config.effective_pool_replacement],
+            notes, valid, scores, write_index, run_note, run_score,
+        )  # fmt: skip
+    else:
+        seen += 1
+    logits = torch.empty(ids.shape[0], vocab, dtype=torch.float32)
+    kernels.final_logits(hidden, *packed.head, logits.numpy())
+    return logits

@@ -1,0 +1,337 @@
+"""One decoding token through a whole MemMamba layer, as numba kernels (fp32 CPU inference).
+
+``layer_step`` runs RMSNorm, the memory (cross-token and cross-layer attention over the note
+pools, retrieval gate, fusion, the open window's running note and score), ``in_proj``, the
+causal conv, the SSM update, the gate and ``out_proj`` for every sequence of a batch, and adds
+the result to the residual stream in place. ``close_windows`` then inserts the notes of the
+windows that the token closed into the pools of every layer (after all layers have read them,
+so a window's own note is never visible to its tokens). ``final_logits`` applies the final
+norm and the language-model head.
+
+At decode the torch path pays ~150 small tensor dispatches per token; these kernels pay one
+call per layer. Attention over a pool folds the key and value projections into the query and
+the output (``q.(W_k s) = (W_k^T q).s``, ``sum p W_v s = W_v sum p s``): the same function, to
+float rounding, at a tenth of the FLOPs. The slow references are the batched torch forward and
+``memmamba.layers.reference`` (tests compare them).
+
+Layouts: states and pools are updated in place; pool arrays hold every layer,
+``notes (layers, B, k, S)``, ``valid (layers, B, k)``, ``scores (layers, B, k)``,
+``write_index (layers, B)``, ``run_note (layers, B, S)``, ``run_score (layers, B)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .selective_scan.cpu import fast_exp, sigmoid, softplus
+
+try:
+    from numba import njit
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    _HAVE_NUMBA = False
+
+__all__ = [
+    "FUSION_CODES",
+    "GATE_CODES",
+    "POLICY_CODES",
+    "close_windows",
+    "final_logits",
+    "is_available",
+    "layer_step",
+]
+
+FUSION_CODES = {"weighted": 0, "gated": 1, "residual": 2}
+GATE_CODES = {"always": 0, "threshold": 1, "periodic": 2}
+POLICY_CODES = {"score": 0, "periodic": 1, "all": 2}
+REPLACEMENT_CODES = {"fifo": 0, "priority": 1}
+
+# No nnan / ninf: running maxima start at -inf.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def is_available() -> bool:
+    """True when numba (and so these kernels) can be used."""
+    return _HAVE_NUMBA
+
+
+if _HAVE_NUMBA:
+    _jit = njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+
+    @_jit
+    def _gemv(w, x, out):
+        """out (n,) = w (n, m) @ x (m,)."""
+        n, m = w.shape
+        for i in range(n):
+            s = np.float32(0.0)
+            for j in range(m):
+                s += w[i, j] * x[j]
+            out[i] = s
+
+    @_jit
+    def _rmsnorm(h, weight, eps, out):
+        """out = weight * h / sqrt(mean(h^2) + eps); h, weight, out: (d,)."""
+        d = h.shape[0]
+        ss = np.float32(0.0)
+        for j in range(d):
+            ss += h[j] * h[j]
+        inv = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for j in range(d):
+            out[j] = weight[j] * (h[j] * inv)
+
+    @_jit
+    def _attend(x, q_w, k_w, v_w, heads, notes, valid, layers, b, ctx):
+        """Multi-head attention of one query over the valid notes of some layers' pools.
+
+        x (d,) query source; q_w (S, d), k_w, v_w (S, S); notes (L, B, k, S); valid (L, B, k);
+        layers: pool layers to read. Writes ctx (S,) (zeros for an empty pool); returns
+        whether any note was valid."""
+        width = q_w.shape[0]
+        dh = width // heads
+        slots = notes.shape[2]
+        count = 0
+        for li in range(layers.shape[0]):
+            for m in range(slots):
+                if valid[layers[li], b, m]:
+                    count += 1
+        for i in range(width):
+            ctx[i] = 0.0
+        if count == 0:
+            return False
+        q = np.empty(width, dtype=np.float32)
+        _gemv(q_w, x, q)
+        q_fold = np.empty(width, dtype=np.float32)
+        weighted = np.empty(width, dtype=np.float32)
+        logits = np.empty(layers.shape[0] * slots, dtype=np.float32)
+        scale = np.float32(1.0 / math.sqrt(dh))
+        for h in range(heads):
+            lo = h * dh
+            for j in range(width):  # q_fold = W_k[head rows]^T q_head
+                q_fold[j] = 0.0
+            for i in range(dh):
+                qi = q[lo + i]
+                for j in range(width):
+                    q_fold[j] += k_w[lo + i, j] * qi
+            top = -np.inf
+            for li in range(layers.shape[0]):
+                for m in range(slots):
+                    pos = li * slots + m
+                    if valid[layers[li], b, m]:
+                        s = np.float32(0.0)
+                        for j in range(width):
+                            s += notes[layers[li], b, m, j] * q_fold[j]
+                        s *= scale
+                        logits[pos] = s
+                        if s > top:
+                            top = s
+            total = np.float32(0.0)
+            for li in range(layers.shape[0]):
+                for m in range(slots):
+                    pos = li * slots + m
+                    if valid[layers[li], b, m]:
+                        e = fast_exp(logits[pos] - top)
+                        logits[pos] = e
+                        total += e
+            for j in range(width):
+                weighted[j] = 0.0
+            for li in range(layers.shape[0]):
+                for m in range(slots):
+                    if valid[layers[li], b, m]:
+                        p = logits[li * slots + m] / total
+                        for j in range(width):
+                            weighted[j] += p * notes[layers[li], b, m, j]
+            for i in range(dh):  # ctx_head = W_v[head rows] (sum_m p_m s_m)
+                s = np.float32(0.0)
+                for j in range(width):
+                    s += v_w[lo + i, j] * weighted[j]
+                ctx[lo + i] = s
+        return True
+
+    @_jit
+    def _fuse(kind, x, ctx, out_w, alpha, gate_w, gate_b, x_bar):
+        """x_bar += F(x, ctx): weighted alpha * W_o c, gated sigmoid(W_g [x; c] + b) * W_o c,
+        residual W_o c. x, x_bar (d,), ctx (S,), out_w (d, S), gate_w (d, d + S)."""
+        d, width = out_w.shape
+        for i in range(d):
+            u = np.float32(0.0)
+            for j in range(width):
+                u += out_w[i, j] * ctx[j]
+            if kind == 0:
+                u *= alpha[i]
+            elif kind == 1:
+                g = gate_b[i]
+                for j in range(d):
+                    g += gate_w[i, j] * x[j]
+                for j in range(width):
+                    g += gate_w[i, d + j] * ctx[j]
+                u *= sigmoid(g)
+            x_bar[i] += u
+
+    @_jit
+    def layer_step(
+        hidden, norm_w, eps,
+        in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
+        out_w, out_b, has_out_b, conv_state, ssm_state,
+        use_memory, layer, seen, notes, valid, run_note, run_score,
+        sum_w, sum_b, policy, score_w, score_b,
+        gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
+        heads, tok_q, tok_k, tok_v, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
+        has_cross, lay_q, lay_k, lay_v, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources,
+    ):  # fmt: skip
+        """One token of every sequence through layer ``layer``; hidden (B, d) += layer output.
+
+        Mixer: in_w (2E, d), conv_w (E, W), xproj_w (R + 2N, E), dtproj_w (E, R), dt_b / D (E,),
+        A = -exp(A_log) (E, N), out_w (d, E); conv_state (B, E, W - 1), ssm_state (B, E, N).
+        Memory (when ``use_memory``): pools as in the module docstring; seen (B,) real tokens
+        before this one; sum_w (S, d) / sum_b (S,) the summariser; score_w (d,) / score_b the
+        scorer; attention and fusion weights of the token (own_layer = [layer]) and cross-layer
+        (sources: layer indices) paths."""
+        batch, d = hidden.shape
+        dim, width = conv_w.shape
+        hist = width - 1
+        rank = dtproj_w.shape[1]
+        n_state = A.shape[1]
+        n_proj = xproj_w.shape[0]
+        x = np.empty(d, dtype=np.float32)
+        x_bar = np.empty(d, dtype=np.float32)
+        xz = np.empty(2 * dim, dtype=np.float32)
+        xc = np.empty(dim, dtype=np.float32)
+        y = np.empty(dim, dtype=np.float32)
+        dbc = np.empty(n_proj, dtype=np.float32)
+        out = np.empty(d, dtype=np.float32)
+        summary = sum_w.shape[0] if use_memory else 1
+        ctx = np.empty(summary, dtype=np.float32)
+        note = np.empty(summary, dtype=np.float32)
+        for b in range(batch):
+            _rmsnorm(hidden[b], norm_w, eps, x)
+            for j in range(d):
+                x_bar[j] = x[j]
+            if use_memory:
+                pos = seen[b]
+                if _attend(x, tok_q, tok_k, tok_v, heads, notes, valid, own_layer, b, ctx):
+                    mult = np.float32(1.0)
+                    if gate_kind == 1:
+                        g = np.float32(gate_b)
+                        for j in range(d):
+                            g += gate_w[j] * x[j]
+                        g = sigmoid(g)
+                        mult = g if g > gate_threshold else 0.0
+                    elif gate_kind == 2:
+                        mult = 1.0 if pos % period < period_active else 0.0
+                    for j in range(summary):
+                        ctx[j] *= mult
+                    _fuse(tok_kind, x, ctx, tok_out, tok_alpha, tok_gw, tok_gb, x_bar)
+                if has_cross and _attend(
+                    x, lay_q, lay_k, lay_v, heads, notes, valid, sources, b, ctx
+                ):
+                    _fuse(lay_kind, x, ctx, lay_out, lay_alpha, lay_gw, lay_gb, x_bar)
+                _gemv(sum_w, x, note)
+                for j in range(summary):
+                    v = note[j] + sum_b[j]
+                    if v > run_note[layer, b, j]:
+                        run_note[layer, b, j] = v
+                if policy == 0:
+                    s = score_b
+                    for j in range(d):
+                        s += score_w[j] * x[j]
+                    s = sigmoid(s)
+                    if s > run_score[layer, b]:
+                        run_score[layer, b] = s
+            # Mixer: in_proj, conv + SiLU, x_proj, dt_proj + softplus, SSM, D skip, gate.
+            _gemv(in_w, x_bar, xz)
+            if has_in_b:
+                for i in range(2 * dim):
+                    xz[i] += in_b[i]
+            for e in range(dim):
+                xe = xz[e]
+                acc = conv_b[e] if has_conv_b else np.float32(0.0)
+                for j in range(hist):
+                    acc += conv_state[b, e, j] * conv_w[e, j]
+                acc += xe * conv_w[e, hist]
+                for j in range(hist - 1):
+                    conv_state[b, e, j] = conv_state[b, e, j + 1]
+                if hist > 0:
+                    conv_state[b, e, hist - 1] = xe
+                xc[e] = acc * sigmoid(acc)
+            _gemv(xproj_w, xc, dbc)
+            for e in range(dim):
+                v = dt_b[e]
+                for r in range(rank):
+                    v += dtproj_w[e, r] * dbc[r]
+                delta = softplus(v)
+                xe = xc[e]
+                dx = delta * xe
+                acc = np.float32(0.0)
+                for n in range(n_state):
+                    h = ssm_state[b, e, n] * fast_exp(delta * A[e, n]) + dbc[rank + n] * dx
+                    ssm_state[b, e, n] = h
+                    acc += h * dbc[rank + n_state + n]
+                acc += D[e] * xe
+                ze = xz[dim + e]
+                y[e] = acc * (ze * sigmoid(ze))
+            _gemv(out_w, y, out)
+            for j in range(d):
+                hidden[b, j] += out[j] + (out_b[j] if has_out_b else 0.0)
+
+    @_jit
+    def close_windows(
+        seen, window, policy, threshold, period, period_active, replacement,
+        notes, valid, scores, write_index, run_note, run_score,
+    ):  # fmt: skip
+        """After every layer has taken the token: for each sequence whose token closed a
+        window, insert each layer's window note (``policy``: 0 score -> score * note if score
+        > threshold; 1 periodic -> if the window start % period < period_active; 2 all) with
+        FIFO (0) or priority (1) replacement, reset the open window, and count the token."""
+        n_layers, batch, slots, width = notes.shape
+        for b in range(batch):
+            pos = seen[b]
+            if (pos + 1) % window == 0:
+                start = pos + 1 - window
+                for li in range(n_layers):
+                    value = np.float32(1.0)
+                    if policy == 0:
+                        value = run_score[li, b]
+                        keep = value > threshold
+                    elif policy == 1:
+                        keep = start % period < period_active
+                    else:
+                        keep = True
+                    if keep:
+                        target = -1
+                        if replacement == 0:
+                            target = write_index[li, b] % slots
+                        else:
+                            for m in range(slots):
+                                if not valid[li, b, m]:
+                                    target = m
+                                    break
+                            if target < 0:
+                                lowest = 0
+                                for m in range(1, slots):
+                                    if scores[li, b, m] < scores[li, b, lowest]:
+                                        lowest = m
+                                if value > scores[li, b, lowest]:
+                                    target = lowest
+                        if target >= 0:
+                            for j in range(width):
+                                notes[li, b, target, j] = value * run_note[li, b, j]
+                            valid[li, b, target] = True
+                            scores[li, b, target] = value
+                            write_index[li, b] += 1
+                    for j in range(width):
+                        run_note[li, b, j] = -np.inf
+                    if policy == 0:
+                        run_score[li, b] = -np.inf
+            seen[b] = pos + 1
+
+    @_jit
+    def final_logits(hidden, norm_w, eps, head_w, logits):
+        """logits (B, V) = head_w (V, d) @ RMSNorm(hidden (B, d))."""
+        batch, d = hidden.shape
+        x = np.empty(d, dtype=np.float32)
+        for b in range(batch):
+            _rmsnorm(hidden[b], norm_w, eps, x)
+            _gemv(head_w, x, logits[b])
