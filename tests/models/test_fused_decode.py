@@ -161,3 +161,19 @@ def test_fused_step_rejects_out_of_range_ids():
         cache = model(torch.tensor([[1, 2]]), use_cache=True).cache
         with pytest.raises(ValueError, match="vocab_size=50"):
             model(torch.tensor([[VOCAB]]), cache_params=cache)
+
+
+@torch.no_grad()
+def test_a_deep_copied_cache_decodes_on_its_own():
+    import copy
+
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (1, 12))
+    cache = model(ids[:, :5], use_cache=True).cache
+    model(ids[:, 5:6], cache_params=cache)  # packs the cache
+    twin = copy.deepcopy(cache)
+    assert getattr(twin, "_fused", None) is None
+    a = [model(ids[:, t : t + 1], cache_params=cache).logits for t in range(6, 12)]
+    b = [model(ids[:, t : t + 1], cache_params=twin).logits for t in range(6, 12)]
+    torch.testing.assert_close(torch.cat(a, 1), torch.cat(b, 1), rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(a, 1), model(ids).logits[:, 6:], rtol=0, atol=ATOL)

@@ -100,6 +100,15 @@ class _Packed:
     pools: tuple[np.ndarray, ...]
     seen_np: np.ndarray
 
+    def __reduce__(self):
+        """Copies and pickles of a cache drop the packing (its views belong to the original
+        tensors); the copy re-packs on its first fused step."""
+        return (_nothing, ())
+
+
+def _nothing() -> None:
+    return None
+
 
 def _mixer_weights(mixer) -> tuple:
     in_b = mixer.in_proj.bias
