@@ -8,9 +8,9 @@ consumed so far by each sequence, which fixes the position within the open windo
 
 The batched forward replaces the tensors after every call (it never writes them in place), so
 a cache can also carry gradients between chunks (truncated BPTT); the fused one-token CPU step
-(``fast_decode``, inference only) updates them in place, as transformers' ``MambaCache`` does. Every batch operation (``reset``,
-``reorder_cache`` for beam search, ``batch_select_indices``, ``batch_repeat_interleave``)
-covers every tensor.
+(``fast_decode``, inference only) updates them in place, as transformers' ``MambaCache`` does.
+Every batch operation (``reset``, ``reorder_cache`` for beam search, ``batch_select_indices``,
+``batch_repeat_interleave``) covers every tensor.
 """
 
 from __future__ import annotations

@@ -77,7 +77,11 @@ def _model_supported(model: nn.Module) -> bool:
     ``nn.Linear`` / ``Conv1d`` / ``Embedding`` (a wrapper such as PEFT's LoRA layer must run its
     own forward, so its presence sends every call down the torch path)."""
     for param in model.parameters():
-        if param.dtype != torch.float32 or param.device.type != "cpu":
+        if (
+            param.dtype != torch.float32
+            or param.device.type != "cpu"
+            or type(param.detach()) is not torch.Tensor  # e.g. FSDP's sharded DTensors
+        ):
             return False
     return all(
         type(m) in _KNOWN_TORCH_MODULES or type(m).__module__.startswith("memmamba.")

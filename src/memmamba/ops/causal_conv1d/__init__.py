@@ -1,7 +1,8 @@
 """Causal depthwise conv1d and its one-token step, with ``causal_conv1d`` package semantics.
 
-The package's CUDA kernels are used when installed and the input is on CUDA; otherwise a
-depthwise ``F.conv1d`` that runs on any device. ``naive.causal_conv1d_ref`` is the oracle.
+The package's CUDA kernels are used when installed and the input is on CUDA; float32 / float64
+CPU tensors take the numba kernels of ``cpu`` (forward and backward); anything else a depthwise
+``F.conv1d`` that runs on any device. ``naive.causal_conv1d_ref`` is the oracle.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import require_ndim, require_shape, require_tensor
+from . import cpu
 from .naive import causal_conv1d_ref
 
 ACTIVATIONS = (None, "silu", "swish")
@@ -75,6 +77,14 @@ def causal_conv1d_fn(
     ):
         return _cuda_conv_fn(x, weight, bias, activation=activation)
     prev = x.new_zeros(batch, dim, width - 1) if initial_states is None else initial_states.to(x)
+    if cpu.supports(x, weight, bias) and x.shape[-1] > 0:
+        out = cpu.causal_conv1d_cpu(x, weight, bias, prev, activation in ("silu", "swish"))
+        if not return_final_states:
+            return out
+        tail = x[..., max(0, x.shape[-1] - (width - 1)) :]
+        if tail.shape[-1] < width - 1:
+            tail = torch.cat([prev[..., tail.shape[-1] :], tail], -1)
+        return out, tail
     xpad = torch.cat([prev, x], dim=-1)
     if x.shape[-1] == 0:  # an empty chunk: F.conv1d rejects inputs shorter than the kernel
         out = x.new_empty(batch, dim, 0)
