@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ops.rms_norm import rms_norm
 from .mamba_mixer import MambaMixer
 from .memory_attention import MemoryAttention, MemoryFusion, RetrievalGate
 from .note_pool import NotePool, PoolSnapshots, PoolState, WindowLayout
@@ -30,10 +31,7 @@ class MemMambaRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (..., hidden_size) -> same shape and dtype."""
-        dtype = hidden_states.dtype
-        h = hidden_states.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * h.to(dtype)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
