@@ -152,7 +152,30 @@ def test_fused_path_steps_aside_when_it_does_not_apply():
         inner = wrapped.backbone.layers[0].mixer.in_proj
         wrapped.backbone.layers[0].mixer.in_proj = nn.Sequential(inner)
         assert not fast_decode._model_supported(wrapped)
-        assert not _takes_fused_path(tiny_model().to(torch.bfloat16))
+        mixed = tiny_model().to(torch.bfloat16)
+        mixed.backbone.norm_f.float()
+        assert not _takes_fused_path(mixed)
+
+
+@torch.no_grad()
+def test_bfloat16_weights_decode_as_their_float32_values():
+    """bf16 weights are widened exactly and the arithmetic is fp32: a bf16 model decodes like
+    the fp32 model holding the same (rounded) weights."""
+    model16 = tiny_model(seed=3).to(torch.bfloat16)
+    model32 = tiny_model(seed=3).to(torch.bfloat16).float()
+    ids = torch.randint(0, VOCAB, (2, PROMPT + STEPS))
+    cache = model32(ids[:, :PROMPT], use_cache=True).cache
+    steps = [
+        model16(ids[:, t : t + 1], cache_params=cache).logits for t in range(PROMPT, ids.shape[1])
+    ]
+    assert cache._fused.model is model16
+    full = model32(ids).logits[:, PROMPT:]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=ATOL)
+    # and from a bf16 prefill, close to the torch path's own bf16 decoding
+    model16.config.fused_decode = False
+    plain, _ = _decode(model16, ids, PROMPT, fused=False)
+    fused, _ = _decode(model16, ids, PROMPT, fused=True)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=0.1)
 
 
 def test_fused_step_rejects_out_of_range_ids():

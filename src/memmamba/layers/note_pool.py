@@ -9,8 +9,8 @@ policy says so (score > tau_1, Fig. 2's periodic rule, or always); with policy `
 stored note is ``score * note`` so that the scorer is trained through the attention.
 
 Replacement: ``"fifo"`` overwrites the oldest note. ``"priority"`` fills a free slot if there
-is one, otherwise replaces the lowest-score note iff the new score is strictly higher (the
-first such slot on ties).
+is one, otherwise replaces the lowest-score note iff the new score is higher by more than
+``pool_plan.PRIORITY_TIE_MARGIN`` (the first such slot on ties).
 
 Causality: every token of window c reads the pool as it was at the start of window c. For a
 call on L tokens the module returns, for each window touched by the call, the pool snapshot
@@ -237,7 +237,8 @@ def plan_pool(
             lowest = ranked.argmin(1)
             lowest_score = ranked.gather(1, lowest[:, None])[:, 0]
             target = torch.where(has_free, first_free, lowest)
-            insert = insert & (has_free | (new_scores[:, c] > lowest_score))
+            beats = new_scores[:, c] > lowest_score + pool_plan.PRIORITY_TIE_MARGIN
+            insert = insert & (has_free | beats)
             write_index = write_index + insert.long()
         hit = (slots[None, :] == target[:, None]) & insert[:, None]
         index = torch.where(hit, TABLE_OFFSET + k + c, index)

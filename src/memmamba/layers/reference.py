@@ -14,7 +14,8 @@ model forward and backward against it. Semantics, per sequence:
             remember W_n x (and its score) in the layer's open window
         if t closes a window: for every layer, note = max over the window (x score), insert
         into the pool (FIFO: drop the oldest when full; priority: replace the lowest score if
-        the new one is higher) -- only after all layers have processed t.
+        the new one beats it by more than PRIORITY_TIE_MARGIN) -- only after all layers have
+        processed t.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..ops.pool_plan import PRIORITY_TIE_MARGIN
 
 
 def _rms(norm, h: torch.Tensor) -> torch.Tensor:
@@ -85,7 +88,7 @@ def _insert(pool: list[tuple[torch.Tensor, float]], note, score: float, cfg) -> 
         pool.append((note, score))
         return
     lowest = min(range(len(pool)), key=lambda i: pool[i][1])
-    if score > pool[lowest][1]:
+    if score > pool[lowest][1] + PRIORITY_TIE_MARGIN:
         pool[lowest] = (note, score)
 
 

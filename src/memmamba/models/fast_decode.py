@@ -1,10 +1,13 @@
 """Fused one-token decoding on CPU: the whole model step as one numba kernel per layer.
 
 ``MemMambaForCausalLM.forward`` takes this path for a cached call on one real token per
-sequence in fp32 CPU inference (``config.fused_decode``, default on); everything else runs the
-batched torch path, which is the reference the tests compare this one with.
+sequence in CPU inference with float32 or bfloat16 weights (``config.fused_decode``, default
+on); everything else runs the batched torch path, which is the reference the tests compare this
+one with. Arithmetic and states are float32 either way; bfloat16 matrices are read as their
+16-bit patterns and widened exactly in the kernels, so decoding (which streams every weight
+once per token) reads half the bytes.
 
-The first fused step on a cache copies its states into contiguous tensors, the pools of all
+The first fused step on a cache copies its states into contiguous float32 tensors, the pools of all
 layers packed into one tensor per field (cross-layer attention reads several layers' pools),
 and puts views of them back into the cache; later steps update those tensors **in place**, as
 transformers' ``MambaCache`` does. Any other call (a multi-token forward, ``reorder_cache`` in
@@ -32,8 +35,21 @@ _KNOWN_TORCH_MODULES = (nn.Linear, nn.Conv1d, nn.Embedding, nn.ModuleList)
 _POOL_FIELDS = ("notes", "valid", "scores", "write_index", "run_note", "run_score")
 
 
-def _np(t: torch.Tensor | None) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A float32 array: a zero-copy view of a float32 tensor, else a float32 copy."""
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def _mat(t: torch.Tensor) -> np.ndarray:
+    """A weight matrix for the kernels' GEMVs: float32 view, or the raw bits of a bfloat16
+    tensor as uint16 (half the bytes to stream per token; widened exactly in the kernel)."""
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return _np(t)
 
 
 def _dummy(ndim: int, dtype=np.float32) -> np.ndarray:
@@ -54,13 +70,14 @@ def applies(
         or input_ids.shape[1] != 1
         or input_ids.shape[0] != cache.batch_size
         or input_ids.device.type != "cpu"
-        or cache.dtype != torch.float32
         or not kernels.is_available()
         or not model.config.fused_decode
     ):
         return False
     weight = model.lm_head.weight
-    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+    if weight.dtype not in _DTYPES or weight.device.type != "cpu":
+        return False
+    if cache.dtype not in (torch.float32, weight.dtype):
         return False
     if torch.is_grad_enabled() and weight.requires_grad:
         return False
@@ -73,12 +90,15 @@ def applies(
 
 
 def _model_supported(model: nn.Module) -> bool:
-    """fp32 CPU parameters and only the modules the kernels know: memmamba's own and plain
+    """CPU parameters of one dtype (float32 or bfloat16) and only the modules the kernels
+    know: memmamba's own and plain
     ``nn.Linear`` / ``Conv1d`` / ``Embedding`` (a wrapper such as PEFT's LoRA layer must run its
     own forward, so its presence sends every call down the torch path)."""
+    dtype = model.lm_head.weight.dtype
     for param in model.parameters():
         if (
-            param.dtype != torch.float32
+            param.dtype != dtype
+            or dtype not in _DTYPES
             or param.device.type != "cpu"
             or type(param.detach()) is not torch.Tensor  # e.g. FSDP's sharded DTensors
         ):
@@ -119,18 +139,18 @@ def _mixer_weights(mixer) -> tuple:
     out_b = mixer.out_proj.bias
     conv_b = mixer.conv1d.bias
     return (
-        _np(mixer.in_proj.weight),
+        _mat(mixer.in_proj.weight),
         _np(in_b) if in_b is not None else _dummy(1),
         in_b is not None,
         _np(mixer.conv1d.weight.squeeze(1)),
         _np(conv_b) if conv_b is not None else _dummy(1),
         conv_b is not None,
-        _np(mixer.x_proj.weight),
-        _np(mixer.dt_proj.weight),
+        _mat(mixer.x_proj.weight),
+        _mat(mixer.dt_proj.weight),
         _np(mixer.dt_proj.bias),
-        -np.exp(_np(mixer.A_log.float())),
-        _np(mixer.D.float()),
-        _np(mixer.out_proj.weight),
+        -np.exp(_np(mixer.A_log)),
+        _np(mixer.D),
+        _mat(mixer.out_proj.weight),
         _np(out_b) if out_b is not None else _dummy(1),
         out_b is not None,
     )
@@ -185,15 +205,21 @@ def _memory_weights(config, memory, layer_idx: int) -> tuple:
     )
 
 
+def _state_copy(t: torch.Tensor) -> torch.Tensor:
+    """An owned contiguous copy; floating states in float32 (the kernels' precision)."""
+    t = t.detach()
+    return t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
+
+
 def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> None:
     """Own contiguous copies of the cache's states (pools of all layers in one tensor per
     field), give the cache views of them, and keep numpy views for the kernels."""
     layers = cache.layers
-    convs = [layer.conv.detach().clone(memory_format=torch.contiguous_format) for layer in layers]
-    ssms = [layer.ssm.detach().clone(memory_format=torch.contiguous_format) for layer in layers]
+    convs = [_state_copy(layer.conv) for layer in layers]
+    ssms = [_state_copy(layer.ssm) for layer in layers]
     if model.config.use_memory:
         stacked = {
-            name: torch.stack([getattr(layer.pool, name).detach() for layer in layers])
+            name: _state_copy(torch.stack([getattr(layer.pool, name).detach() for layer in layers]))
             for name in _POOL_FIELDS
         }
         pools = [PoolState(**{n: stacked[n][i] for n in _POOL_FIELDS}) for i in range(len(layers))]
@@ -232,7 +258,7 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
         head = (
             _np(backbone.norm_f.weight),
             float(backbone.norm_f.variance_epsilon),
-            _np(model.lm_head.weight),
+            _mat(model.lm_head.weight),
         )
         packed = _Packed(
             model=model,
@@ -267,8 +293,11 @@ def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: MemMambaCache)
     if ids.min() < 0 or ids.max() >= vocab:
         model.backbone._check_ids(input_ids)  # raises the model's usual error
     packed = _pack(model, cache)
-    embeddings = model.backbone.embeddings.weight.detach().numpy()
-    hidden = embeddings[ids]  # (B, d) copy
+    embeddings = model.backbone.embeddings.weight.detach()
+    if embeddings.dtype == torch.float32:
+        hidden = embeddings.numpy()[ids]  # (B, d) copy
+    else:
+        hidden = embeddings[input_ids[:, 0]].float().numpy()
     notes, valid, scores, write_index, run_note, run_score = packed.pools
     seen = packed.seen_np
     for i, weights in enumerate(packed.layer_weights):

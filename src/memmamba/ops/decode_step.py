@@ -25,10 +25,13 @@ import math
 
 import numpy as np
 
+from .pool_plan import PRIORITY_TIE_MARGIN
 from .selective_scan.cpu import fast_exp, sigmoid, softplus
 
 try:
-    from numba import njit
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic, overload
 
     _HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -58,17 +61,40 @@ def is_available() -> bool:
     return _HAVE_NUMBA
 
 
+def weight_value(w):  # pragma: no cover - replaced by the overload inside jitted code
+    """A weight element as float32: itself, or a bfloat16 given as its uint16 bits."""
+    return w
+
+
 if _HAVE_NUMBA:
     _jit = njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 
+    @intrinsic
+    def _bf16_bits_to_float32(typingctx, bits):
+        """float32 whose upper half is the 16 bits (bfloat16 -> float32 is exact)."""
+        sig = types.float32(types.uint16)
+
+        def codegen(context, builder, signature, args):
+            wide = builder.zext(args[0], ir.IntType(32))
+            shifted = builder.shl(wide, ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(shifted, ir.FloatType())
+
+        return sig, codegen
+
+    @overload(weight_value)
+    def _weight_value_ol(w):
+        if isinstance(w, types.Integer) and w.bitwidth == 16:
+            return lambda w: _bf16_bits_to_float32(w)
+        return lambda w: w
+
     @_jit
     def _gemv(w, x, out):
-        """out (n,) = w (n, m) @ x (m,)."""
+        """out (n,) = w (n, m) @ x (m,); w float32 or bfloat16 bits (uint16)."""
         n, m = w.shape
         for i in range(n):
             s = np.float32(0.0)
             for j in range(m):
-                s += w[i, j] * x[j]
+                s += weight_value(w[i, j]) * x[j]
             out[i] = s
 
     @_jit
@@ -260,7 +286,7 @@ if _HAVE_NUMBA:
             for e in range(dim):
                 v = dt_b[e]
                 for r in range(rank):
-                    v += dtproj_w[e, r] * dbc[r]
+                    v += weight_value(dtproj_w[e, r]) * dbc[r]
                 delta = softplus(v)
                 xe = xc[e]
                 dx = delta * xe
@@ -313,7 +339,7 @@ if _HAVE_NUMBA:
                                 for m in range(1, slots):
                                     if scores[li, b, m] < scores[li, b, lowest]:
                                         lowest = m
-                                if value > scores[li, b, lowest]:
+                                if value > scores[li, b, lowest] + PRIORITY_TIE_MARGIN:
                                     target = lowest
                         if target >= 0:
                             for j in range(width):

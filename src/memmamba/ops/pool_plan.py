@@ -10,7 +10,7 @@ CPU and keeps its torch loop for other devices):
 * FIFO: an eligible window goes to slot ``write_index % k``; ``write_index`` counts inserts.
 * priority: an eligible window goes to the first free slot if any; otherwise it replaces the
   lowest-score slot (the first one on ties; NaN counts as lowest, like ``torch.argmin``) iff
-  its score is strictly higher.
+  its score is higher by more than ``PRIORITY_TIE_MARGIN``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ __all__ = ["is_available", "plan_pool_cpu"]
 
 FIFO = 0
 PRIORITY = 1
+PRIORITY_TIE_MARGIN = 1e-6
+"""A new score must beat the lowest stored one by more than this. Prefill (GEMMs) and decoding
+(one-token kernels) compute a score with different summation orders, so an exact tie (the same
+token closing two windows of layer 0) would otherwise be broken by last-bit rounding, and the
+two paths would keep different notes."""
 _REPLACEMENTS = {"fifo": FIFO, "priority": PRIORITY}
 
 
@@ -82,7 +87,7 @@ if _HAVE_NUMBA:
                                     low = v
                                     lowest = s
                         low = scores[b, lowest]
-                        if not new > low:
+                        if not new > low + PRIORITY_TIE_MARGIN:
                             continue
                         target = lowest
                 write_index[b] += 1
