@@ -123,6 +123,10 @@ class _Packed:
     ssm: list[np.ndarray]
     pools: tuple[np.ndarray, ...]
     seen_np: np.ndarray
+    layer_args: list[tuple] = ()
+    """Every argument of ``layer_step`` after ``hidden``, per layer."""
+    close_args: tuple | None = None
+    """The arguments of ``close_windows`` (None when memory is off)."""
 
     def __reduce__(self):
         """Copies and pickles of a cache drop the packing (its views belong to the original
@@ -238,6 +242,43 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
     packed.conv = [c.numpy() for c in convs]
     packed.ssm = [s.numpy() for s in ssms]
     packed.seen_np = cache.seen_tokens.numpy()
+    config = model.config
+    notes, valid, scores, write_index, run_note, run_score = packed.pools
+    packed.layer_args = [
+        (
+            *weights[:16],
+            packed.conv[i],
+            packed.ssm[i],
+            config.use_memory,
+            i,
+            packed.seen_np,
+            notes,
+            valid,
+            run_note,
+            run_score,
+            *weights[16:],
+        )  # fmt: skip
+        for i, weights in enumerate(packed.layer_weights)
+    ]
+    packed.close_args = (
+        (
+            packed.seen_np,
+            config.note_window,
+            kernels.POLICY_CODES[config.note_policy],
+            float(config.note_threshold),
+            config.note_period,
+            config.note_period_active,
+            kernels.REPLACEMENT_CODES[config.effective_pool_replacement],
+            notes,
+            valid,
+            scores,
+            write_index,
+            run_note,
+            run_score,
+        )  # fmt: skip
+        if config.use_memory
+        else None
+    )
 
 
 def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
@@ -298,24 +339,12 @@ def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: MemMambaCache)
         hidden = embeddings.numpy()[ids]  # (B, d) copy
     else:
         hidden = embeddings[input_ids[:, 0]].float().numpy()
-    notes, valid, scores, write_index, run_note, run_score = packed.pools
-    seen = packed.seen_np
-    for i, weights in enumerate(packed.layer_weights):
-        kernels.layer_step(
-            hidden, *weights[:16], packed.conv[i], packed.ssm[i],
-            model.config.use_memory, i, seen, notes, valid, run_note, run_score,
-            *weights[16:],
-        )  # fmt: skip
-    config = model.config
-    if config.use_memory:
-        kernels.close_windows(
-            seen, config.note_window, kernels.POLICY_CODES[config.note_policy],
-            float(config.note_threshold), config.note_period, config.note_period_active,
-            kernels.REPLACEMENT_CODES[config.effective_pool_replacement],
-            notes, valid, scores, write_index, run_note, run_score,
-        )  # fmt: skip
+    for args in packed.layer_args:
+        kernels.layer_step(hidden, *args)
+    if packed.close_args is not None:
+        kernels.close_windows(*packed.close_args)
     else:
-        seen += 1
+        packed.seen_np += 1
     logits = torch.empty(ids.shape[0], vocab, dtype=torch.float32)
     kernels.final_logits(hidden, *packed.head, logits.numpy())
     return logits
