@@ -226,6 +226,7 @@ if _HAVE_NUMBA:
         xz = np.empty(2 * dim, dtype=np.float32)
         xc = np.empty(dim, dtype=np.float32)
         y = np.empty(dim, dtype=np.float32)
+        dt = np.empty(dim, dtype=np.float32)
         dbc = np.empty(n_proj, dtype=np.float32)
         out = np.empty(d, dtype=np.float32)
         summary = sum_w.shape[0] if use_memory else 1
@@ -283,11 +284,13 @@ if _HAVE_NUMBA:
                     conv_state[b, e, hist - 1] = xe
                 xc[e] = acc * sigmoid(acc)
             _gemv(xproj_w, xc, dbc)
-            for e in range(dim):
+            for e in range(dim):  # time steps first: this loop and the next vectorise apart
                 v = dt_b[e]
                 for r in range(rank):
                     v += weight_value(dtproj_w[e, r]) * dbc[r]
-                delta = softplus(v)
+                dt[e] = softplus(v)
+            for e in range(dim):
+                delta = dt[e]
                 xe = xc[e]
                 dx = delta * xe
                 acc = np.float32(0.0)
