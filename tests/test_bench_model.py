@@ -37,3 +37,22 @@ def test_quick_bench_writes_outputs(tmp_path) -> None:
         assert r["tokens_per_s"] > 0 and r["mfu"] > 0, r
     fwd = {r["impl"]: r for r in rows if r["mode"] == "fwd"}
     assert "x_vs_mamba" in fwd["memmamba"]
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="numba not installed")
+def test_latency_cells_against_a_same_size_llama(tmp_path) -> None:
+    from memmamba.bench.model import build_models
+
+    mamba = build_models(SHAPES["small"], "mamba")
+    llama = build_models(SHAPES["small"], "llama")
+    n_mamba = sum(p.numel() for p in mamba.parameters())
+    n_llama = sum(p.numel() for p in llama.parameters())
+    assert abs(n_llama - n_mamba) / n_mamba < 0.02, (n_llama, n_mamba)
+    result = run_model_bench(
+        modes=("latency",), impls=("memmamba",), peers=("llama", "hf"), threads=1,
+        out_dir=tmp_path, quick=True, isolate=False,
+    )  # fmt: skip
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert set(rows) == {"memmamba", "llama"}  # HF Mamba has no chunked cached prefill
+    assert rows["memmamba"]["new_tokens"] == rows["llama"]["new_tokens"] > 0
+    assert rows["memmamba"]["x_vs_llama"] > 0

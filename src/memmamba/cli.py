@@ -82,6 +82,12 @@ def _bench_model(args: argparse.Namespace) -> object:
     return _run_bench(args, lambda: run_from_args(args))
 
 
+def _bench_llamacpp(args: argparse.Namespace) -> object:
+    from .bench.llamacpp import run_from_args
+
+    return _run_bench(args, lambda: run_from_args(args))
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks (results as JSON/CSV/PNG)")
     kinds = bench.add_subparsers(dest="bench_kind", required=True, parser_class=_Parser)
@@ -107,6 +113,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     _add_common(model)
     model.set_defaults(func=_bench_model)
+    from .bench.llamacpp import build_parser as llamacpp_bench_parser
+
+    llamacpp = kinds.add_parser(
+        "llamacpp",
+        parents=[llamacpp_bench_parser(add_help=False)],
+        help="whole model side by side with llama.cpp (built once from PyPI sources)",
+    )
+    _add_common(llamacpp)
+    llamacpp.set_defaults(func=_bench_llamacpp)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

@@ -171,8 +171,8 @@ def run_generate(args: argparse.Namespace) -> None:
     check_options(
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.greedy, args.beams
     )
+    model, tok = load_for_generation(args.model, args.tokenizer)  # a bad folder fails first
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    model, tok = load_for_generation(args.model, args.tokenizer)
     generate_text(
         model,
         tok,

@@ -16,7 +16,7 @@ from typing import Any
 
 MS_PER_S = 1e3
 CLEAR_REFS_RESET_PEAK = "5"  # writing 5 to /proc/self/clear_refs resets VmHWM (Linux >= 4.0)
-PEER_MODULES = {"mambapy": "mambapy", "hf": "transformers"}
+PEER_MODULES = {"mambapy": "mambapy", "hf": "transformers", "llama": "transformers"}
 
 
 def _status_kib(field: str) -> int | None:
@@ -64,7 +64,7 @@ def set_threads(threads: int) -> None:
 
 
 def available_peers(peers: Sequence[str]) -> list[str]:
-    """The peers (``mambapy``, ``hf``) whose package is importable here."""
+    """The peers (``mambapy``, ``hf``, ``llama``) whose package is importable here."""
     return [p for p in peers if importlib.util.find_spec(PEER_MODULES[p]) is not None]
 
 

@@ -38,12 +38,14 @@ from tqdm.auto import tqdm
 
 from . import cells
 
-IMPLS_ALL = ("mamba", "memmamba", "mamba@base", "memmamba@base", "mambapy", "hf")
+IMPLS_ALL = ("mamba", "memmamba", "mamba@base", "memmamba@base", "mambapy", "hf", "llama")
 OURS = ("mamba", "memmamba")
 BASE_SUFFIX = "@base"
 """Our models run from another source tree (``baseline_src``): a before/after in one run."""
-PEERS_ALL = ("mambapy", "hf")
-MODES = ("fwd", "prefill", "fwdbwd", "decode")
+PEERS_ALL = ("mambapy", "hf", "llama")
+"""``llama``: a transformers ``LlamaForCausalLM`` (SDPA attention, KV cache) with the same
+width, depth, vocabulary and parameter count (the MLP width is solved for)."""
+MODES = ("fwd", "prefill", "fwdbwd", "decode", "latency")
 SHAPES: dict[str, dict[str, int]] = {
     "small": dict(hidden_size=256, num_hidden_layers=4, state_size=16, vocab_size=256),
     "130m": dict(hidden_size=768, num_hidden_layers=24, state_size=16, vocab_size=50280),
@@ -58,13 +60,16 @@ MATMUL_SIZE = 2048
 MATMUL_REPEATS = 5
 QUICK_LENGTHS = (256,)
 DECODE_STEPS = 64
+LATENCY_NEW_TOKENS = 128
+"""Greedy tokens generated after the prompt in ``latency`` cells (the paper's latency protocol)."""
+LLAMA_HEAD_DIM = 64
 PREFILL_CHUNK = 2048
 """Tokens per prefill call of the decode cells (the state is carried between calls)."""
 CELL_TIMEOUT_S = 900.0
 """Per-subprocess wall-clock limit."""
 PEER_BUDGET_S = 120.0
 """Skip a peer cell whose predicted time for warm-up plus repeats exceeds this."""
-PEER_MODES = ("fwd", "prefill", "decode")
+PEER_MODES = ("fwd", "prefill", "decode", "latency")
 """Modes the peers run by default (HF's default-path backward is a Python loop: minutes)."""
 FWD_BWD_FLOP_FACTOR = 3
 
@@ -176,7 +181,34 @@ def build_models(shape: dict[str, int], impl: str):
         return mamba.to_mamba().eval()
     if impl == "mambapy":
         return MambapyLM(mamba)
+    if impl == "llama":
+        return same_size_llama(shape, sum(p.numel() for p in mamba.parameters()))
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def same_size_llama(shape: dict[str, int], n_params: int):
+    """A transformers Llama with our width, depth and vocabulary whose MLP width makes its
+    parameter count match ``n_params`` (rounded to a multiple of 8)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d, layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    heads = max(1, d // LLAMA_HEAD_DIM)
+    per_layer = (n_params - vocab * d - d) / layers  # tied embedding and the final norm
+    mlp = (per_layer - 4 * d * d - 2 * d) / (3 * d)
+    config = LlamaConfig(
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=max(8, int(round(mlp / 8)) * 8),
+        vocab_size=vocab,
+        tie_word_embeddings=True,
+        max_position_embeddings=1 << 20,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(SEED)
+    return LlamaForCausalLM(config).eval()
 
 
 def _forward_fn(impl: str, model, ids, mode: str, chunk: int | None = None):
@@ -218,12 +250,21 @@ def _forward_fn(impl: str, model, ids, mode: str, chunk: int | None = None):
 
 
 def _prefill(impl: str, model, ids, chunk: int):
-    """Run the prompt (ours or HF) in chunks that carry the state; returns the cache."""
+    """Run the prompt (ours, HF Mamba or Llama) in chunks that carry the state / KV cache;
+    returns the cache."""
     import torch
 
     if impl in OURS:  # the model's own chunked prefill
         with torch.inference_mode():
             return model(ids, use_cache=True, logits_to_keep=1, prefill_chunk_size=chunk).cache
+    if impl == "llama":
+        cache = None
+        with torch.inference_mode():
+            for start in range(0, ids.shape[1], chunk):
+                part = ids[:, start : start + chunk]
+                out = model(part, cache=cache, use_cache=True, logits_to_keep=1)
+                cache = out.cache
+        return cache
     cache = None
     with torch.inference_mode():
         for start in range(0, ids.shape[1], chunk):
@@ -246,9 +287,41 @@ def _decode_fn(impl: str, model, cache, vocab: int, steps: int):
             for i in range(steps):
                 if impl == "mambapy":
                     _, c = model.step(toks[i, :, 0], c)
+                elif impl == "llama":
+                    c = model(toks[i], cache=c, use_cache=True).cache
                 else:
                     c = model(toks[i], cache=c, use_cache=True).cache
             state["cache"] = c
+
+    return run
+
+
+def _latency_fn(impl: str, model, ids, chunk: int, new_tokens: int):
+    """A closure for the paper's latency protocol: prefill the prompt (in chunks carrying the
+    state or KV cache), then generate ``new_tokens`` greedy tokens one cached call each."""
+    import torch
+
+    def next_token(logits):
+        return logits[:, -1:].argmax(-1)
+
+    def run() -> None:
+        with torch.inference_mode():
+            if impl in OURS:
+                out = model(ids, use_cache=True, logits_to_keep=1, prefill_chunk_size=chunk)
+                cache, tok = out.cache, next_token(out.logits)
+                for _ in range(new_tokens):
+                    out = model(tok, cache=cache, use_cache=True)
+                    cache, tok = out.cache, next_token(out.logits)
+            else:  # llama
+                cache = None
+                for start in range(0, ids.shape[1], chunk):
+                    part = ids[:, start : start + chunk]
+                    out = model(part, cache=cache, use_cache=True, logits_to_keep=1)
+                    cache = out.cache
+                tok = next_token(out.logits)
+                for _ in range(new_tokens):
+                    out = model(tok, cache=cache, use_cache=True)
+                    cache, tok = out.cache, next_token(out.logits)
 
     return run
 
@@ -275,7 +348,12 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     reset_ok = cells.reset_peak() and base_kib is not None
     if not reset_ok:
         base_kib = cells.peak_kib()
-    if mode == "decode":
+    if mode == "latency":
+        new_tokens = spec.get("new_tokens", LATENCY_NEW_TOKENS)
+        fn = _latency_fn(impl, model, ids, spec["prefill_chunk"], new_tokens)
+        tokens = (length + new_tokens) * spec["batch"]
+        row["new_tokens"] = new_tokens
+    elif mode == "decode":
         steps = spec["decode_steps"]
         t0 = time.perf_counter()
         if impl == "mambapy":  # no chunked prefill in mambapy: decode from an empty state
@@ -398,6 +476,10 @@ def run_model_bench(
                         continue
                     if impl == "mambapy" and mode == "decode" and length != min(decode_lengths):
                         continue  # mambapy decodes from an empty state: once is enough
+                    if mode == "latency" and impl in ("mambapy", "hf"):
+                        continue  # no chunked cached prefill (transformers' Mamba restarts it)
+                    if mode == "fwdbwd" and impl == "llama":
+                        continue
                     spec = dict(impl=impl, shape=shape, mode=mode, L=length, batch=batch,
                                 threads=threads, repeats=repeats, budget_s=peer_budget_s,
                                 decode_steps=decode_steps, prefill_chunk=prefill_chunk,
