@@ -118,3 +118,18 @@ def test_reset_and_batch_select():
     fresh = model(ids[1:], use_cache=True).logits
     again = model(ids[1:], cache_params=cache).logits
     assert torch.equal(fresh, again)
+
+
+@pytest.mark.parametrize("keep", [1, 5, 13])
+@torch.no_grad()
+def test_chunked_prefill_keeps_only_the_requested_logits(keep):
+    """With ``logits_to_keep`` a chunked prefill holds only the tail's hidden states and its
+    logits equal those of one full pass."""
+    model = tiny_model()
+    ids = torch.randint(0, VOCAB, (2, 23))
+    full = model(ids).logits
+    out = model(ids, logits_to_keep=keep, prefill_chunk_size=4)
+    assert out.logits.shape[1] == keep
+    torch.testing.assert_close(out.logits, full[:, -keep:], rtol=0, atol=ATOL)
+    hidden = model.backbone(ids, prefill_chunk_size=4, keep_last_hidden=keep).last_hidden_state
+    assert hidden.shape[1] == keep

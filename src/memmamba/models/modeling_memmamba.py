@@ -142,6 +142,7 @@ class MemMambaModel(MemMambaPreTrainedModel):
         cache_position: torch.Tensor | None = None,
         cache: MemMambaCache | None = None,
         prefill_chunk_size: int | None = None,
+        keep_last_hidden: int = 0,
         **kwargs,
     ) -> tuple | MemMambaOutput:
         """Args:
@@ -155,6 +156,8 @@ class MemMambaModel(MemMambaPreTrainedModel):
         prefill_chunk_size: run the layers on at most this many tokens at a time, carrying the
             state between chunks (the same function, to float rounding; bounds the working
             memory of long prompts and keeps it cache-sized). None: one pass.
+        keep_last_hidden: with ``prefill_chunk_size``, return only the last k positions'
+            hidden states (0: all), so a long chunked prompt never holds all L of them.
         """
         if prefill_chunk_size is not None:
             if not isinstance(prefill_chunk_size, int) or prefill_chunk_size < 1:
@@ -167,7 +170,7 @@ class MemMambaModel(MemMambaPreTrainedModel):
                 return self._chunked_forward(
                     input_ids, inputs_embeds, cache if cache is not None else cache_params,
                     use_cache, output_hidden_states, return_dict, attention_mask,
-                    prefill_chunk_size,
+                    prefill_chunk_size, keep_last_hidden,
                 )  # fmt: skip
         cache = cache if cache is not None else cache_params
         output_hidden_states = (
@@ -261,8 +264,10 @@ class MemMambaModel(MemMambaPreTrainedModel):
         return_dict: bool | None,
         attention_mask: torch.Tensor | None,
         chunk: int,
+        keep_last: int = 0,
     ) -> tuple | MemMambaOutput:
-        """``forward`` over consecutive chunks of ``chunk`` tokens with a carried cache."""
+        """``forward`` over consecutive chunks of ``chunk`` tokens with a carried cache; with
+        ``keep_last`` > 0 only the last ``keep_last`` positions' hidden states are kept."""
         source = input_ids if input_ids is not None else inputs_embeds
         length = source.shape[1]
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -299,7 +304,12 @@ class MemMambaModel(MemMambaPreTrainedModel):
             hidden.append(out.last_hidden_state)
             if out.hidden_states is not None:
                 layers_hidden.append(out.hidden_states)
+            elif keep_last > 0:  # drop chunks that lie wholly before the kept tail
+                while len(hidden) > 1 and sum(h.shape[1] for h in hidden[1:]) >= keep_last:
+                    hidden.pop(0)
         hidden_states = torch.cat(hidden, 1)
+        if keep_last > 0 and not layers_hidden:
+            hidden_states = hidden_states[:, -keep_last:]
         all_hidden = (
             tuple(torch.cat(parts, 1) for parts in zip(*layers_hidden, strict=True))
             if layers_hidden
@@ -414,6 +424,7 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
             return_dict=True,
             attention_mask=attention_mask,
             prefill_chunk_size=prefill_chunk_size,
+            keep_last_hidden=logits_to_keep if isinstance(logits_to_keep, int) else 0,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
