@@ -114,7 +114,8 @@ if _HAVE_NUMBA:
 
         x (d,) query source; q_w (S, d), k_w, v_w (S, S); notes (L, B, k, S); valid (L, B, k);
         layers: pool layers to read. Writes ctx (S,) (zeros for an empty pool); returns
-        whether any note was valid."""
+        whether any note was valid. The valid notes are first copied into one contiguous
+        (M, S) block so that every loop below is a plain vectorisable one."""
         width = q_w.shape[0]
         dh = width // heads
         slots = notes.shape[2]
@@ -127,53 +128,54 @@ if _HAVE_NUMBA:
             ctx[i] = 0.0
         if count == 0:
             return False
+        sel = np.empty((count, width), dtype=np.float32)
+        row = 0
+        for li in range(layers.shape[0]):
+            for m in range(slots):
+                if valid[layers[li], b, m]:
+                    for j in range(width):
+                        sel[row, j] = notes[layers[li], b, m, j]
+                    row += 1
         q = np.empty(width, dtype=np.float32)
         _gemv(q_w, x, q)
-        q_fold = np.empty(width, dtype=np.float32)
-        weighted = np.empty(width, dtype=np.float32)
-        logits = np.empty(layers.shape[0] * slots, dtype=np.float32)
-        scale = np.float32(1.0 / math.sqrt(dh))
-        for h in range(heads):
-            lo = h * dh
-            for j in range(width):  # q_fold = W_k[head rows]^T q_head
-                q_fold[j] = 0.0
-            for i in range(dh):
-                qi = q[lo + i]
-                for j in range(width):
-                    q_fold[j] += k_w[lo + i, j] * qi
-            top = -np.inf
-            for li in range(layers.shape[0]):
-                for m in range(slots):
-                    pos = li * slots + m
-                    if valid[layers[li], b, m]:
-                        s = np.float32(0.0)
-                        for j in range(width):
-                            s += notes[layers[li], b, m, j] * q_fold[j]
-                        s *= scale
-                        logits[pos] = s
-                        if s > top:
-                            top = s
-            total = np.float32(0.0)
-            for li in range(layers.shape[0]):
-                for m in range(slots):
-                    pos = li * slots + m
-                    if valid[layers[li], b, m]:
-                        e = fast_exp(logits[pos] - top)
-                        logits[pos] = e
-                        total += e
+        q_fold = np.zeros((heads, width), dtype=np.float32)  # W_k[head rows]^T q_head
+        for r in range(width):
+            h = r // dh
+            qr = q[r]
             for j in range(width):
-                weighted[j] = 0.0
-            for li in range(layers.shape[0]):
-                for m in range(slots):
-                    if valid[layers[li], b, m]:
-                        p = logits[li * slots + m] / total
-                        for j in range(width):
-                            weighted[j] += p * notes[layers[li], b, m, j]
-            for i in range(dh):  # ctx_head = W_v[head rows] (sum_m p_m s_m)
+                q_fold[h, j] += k_w[r, j] * qr
+        scale = np.float32(1.0 / math.sqrt(dh))
+        probs = np.empty((heads, count), dtype=np.float32)
+        for h in range(heads):
+            top = -np.inf
+            for m in range(count):
                 s = np.float32(0.0)
                 for j in range(width):
-                    s += v_w[lo + i, j] * weighted[j]
-                ctx[lo + i] = s
+                    s += sel[m, j] * q_fold[h, j]
+                s *= scale
+                probs[h, m] = s
+                if s > top:
+                    top = s
+            total = np.float32(0.0)
+            for m in range(count):
+                e = fast_exp(probs[h, m] - top)
+                probs[h, m] = e
+                total += e
+            inv = np.float32(1.0) / total
+            for m in range(count):
+                probs[h, m] *= inv
+        weighted = np.zeros((heads, width), dtype=np.float32)  # sum_m p_m s_m per head
+        for m in range(count):
+            for h in range(heads):
+                p = probs[h, m]
+                for j in range(width):
+                    weighted[h, j] += p * sel[m, j]
+        for r in range(width):  # ctx_head = W_v[head rows] weighted_head
+            h = r // dh
+            s = np.float32(0.0)
+            for j in range(width):
+                s += v_w[r, j] * weighted[h, j]
+            ctx[r] = s
         return True
 
     @_jit
