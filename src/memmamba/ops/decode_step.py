@@ -45,6 +45,7 @@ __all__ = [
     "final_logits",
     "is_available",
     "layer_step",
+    "mixer_core",
 ]
 
 FUSION_CODES = {"weighted": 0, "gated": 1, "residual": 2}
@@ -199,6 +200,65 @@ if _HAVE_NUMBA:
             x_bar[i] += u
 
     @_jit
+    def mixer_core(
+        xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
+        ssm_state, y,
+    ):  # fmt: skip
+        """The Mamba mixer between its projections for sequence ``b``, one token: causal conv
+        + SiLU, x_proj, dt_proj + softplus, SSM update, D skip and SiLU gate. xz (2E,) the
+        in_proj output [x; z]; conv_state (B, E, W - 1) and ssm_state (B, E, N) are updated in
+        place; y (E,) receives the result. Weights: conv_w (E, W), xproj_w (R + 2N, E),
+        dtproj_w (E, R) (float32 or bfloat16 bits), dt_b / D (E,), A = -exp(A_log) (E, N)."""
+        dim, width = conv_w.shape
+        hist = width - 1
+        rank = dtproj_w.shape[1]
+        n_state = A.shape[1]
+        xc = np.empty(dim, dtype=np.float32)
+        dt = np.empty(dim, dtype=np.float32)
+        dbc = np.empty(xproj_w.shape[0], dtype=np.float32)
+        b_vec = np.empty(n_state, dtype=np.float32)
+        c_vec = np.empty(n_state, dtype=np.float32)
+        for e in range(dim):
+            xe = xz[e]
+            acc = conv_b[e] if has_conv_b else np.float32(0.0)
+            for j in range(hist):
+                acc += conv_state[b, e, j] * conv_w[e, j]
+            acc += xe * conv_w[e, hist]
+            for j in range(hist - 1):
+                conv_state[b, e, j] = conv_state[b, e, j + 1]
+            if hist > 0:
+                conv_state[b, e, hist - 1] = xe
+            xc[e] = acc
+        for e in range(dim):
+            xc[e] = xc[e] * sigmoid(xc[e])
+        _gemv(xproj_w, xc, dbc)
+        # Separate loops and local copies of B and C (which the state stores cannot alias)
+        # let each loop vectorise: 2-3x faster than one fused loop.
+        for n in range(n_state):
+            b_vec[n] = dbc[rank + n]
+            c_vec[n] = dbc[rank + n_state + n]
+        for e in range(dim):
+            v = dt_b[e]
+            for r in range(rank):
+                v += weight_value(dtproj_w[e, r]) * dbc[r]
+            dt[e] = v
+        for e in range(dim):
+            dt[e] = softplus(dt[e])
+        for e in range(dim):
+            delta = dt[e]
+            xe = xc[e]
+            dx = delta * xe
+            acc = np.float32(0.0)
+            for n in range(n_state):
+                h = ssm_state[b, e, n] * fast_exp(delta * A[e, n]) + b_vec[n] * dx
+                ssm_state[b, e, n] = h
+                acc += h * c_vec[n]
+            y[e] = acc + D[e] * xe
+        for e in range(dim):
+            ze = xz[dim + e]
+            y[e] *= ze * sigmoid(ze)
+
+    @_jit
     def layer_step(
         hidden, norm_w, eps,
         in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
@@ -218,20 +278,11 @@ if _HAVE_NUMBA:
         scorer; attention and fusion weights of the token (own_layer = [layer]) and cross-layer
         (sources: layer indices) paths."""
         batch, d = hidden.shape
-        dim, width = conv_w.shape
-        hist = width - 1
-        rank = dtproj_w.shape[1]
-        n_state = A.shape[1]
-        n_proj = xproj_w.shape[0]
+        dim = conv_w.shape[0]
         x = np.empty(d, dtype=np.float32)
         x_bar = np.empty(d, dtype=np.float32)
         xz = np.empty(2 * dim, dtype=np.float32)
-        xc = np.empty(dim, dtype=np.float32)
         y = np.empty(dim, dtype=np.float32)
-        dt = np.empty(dim, dtype=np.float32)
-        dbc = np.empty(n_proj, dtype=np.float32)
-        b_vec = np.empty(n_state, dtype=np.float32)
-        c_vec = np.empty(n_state, dtype=np.float32)
         out = np.empty(d, dtype=np.float32)
         summary = sum_w.shape[0] if use_memory else 1
         ctx = np.empty(summary, dtype=np.float32)
@@ -271,50 +322,15 @@ if _HAVE_NUMBA:
                     s = sigmoid(s)
                     if s > run_score[layer, b]:
                         run_score[layer, b] = s
-            # Mixer: in_proj, conv + SiLU, x_proj, dt_proj + softplus, SSM, D skip, gate.
+            # Mixer: in_proj, the core between the projections, out_proj.
             _gemv(in_w, x_bar, xz)
             if has_in_b:
                 for i in range(2 * dim):
                     xz[i] += in_b[i]
-            for e in range(dim):
-                xe = xz[e]
-                acc = conv_b[e] if has_conv_b else np.float32(0.0)
-                for j in range(hist):
-                    acc += conv_state[b, e, j] * conv_w[e, j]
-                acc += xe * conv_w[e, hist]
-                for j in range(hist - 1):
-                    conv_state[b, e, j] = conv_state[b, e, j + 1]
-                if hist > 0:
-                    conv_state[b, e, hist - 1] = xe
-                xc[e] = acc
-            for e in range(dim):
-                xc[e] = xc[e] * sigmoid(xc[e])
-            _gemv(xproj_w, xc, dbc)
-            # Separate loops and local copies of B and C (which the state stores cannot alias)
-            # let each loop vectorise: 2-3x faster than one fused loop.
-            for n in range(n_state):
-                b_vec[n] = dbc[rank + n]
-                c_vec[n] = dbc[rank + n_state + n]
-            for e in range(dim):
-                v = dt_b[e]
-                for r in range(rank):
-                    v += weight_value(dtproj_w[e, r]) * dbc[r]
-                dt[e] = v
-            for e in range(dim):
-                dt[e] = softplus(dt[e])
-            for e in range(dim):
-                delta = dt[e]
-                xe = xc[e]
-                dx = delta * xe
-                acc = np.float32(0.0)
-                for n in range(n_state):
-                    h = ssm_state[b, e, n] * fast_exp(delta * A[e, n]) + b_vec[n] * dx
-                    ssm_state[b, e, n] = h
-                    acc += h * c_vec[n]
-                y[e] = acc + D[e] * xe
-            for e in range(dim):
-                ze = xz[dim + e]
-                y[e] *= ze * sigmoid(ze)
+            mixer_core(
+                xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
+                ssm_state, y,
+            )  # fmt: skip
             _gemv(out_w, y, out)
             for j in range(d):
                 hidden[b, j] += out[j] + (out_b[j] if has_out_b else 0.0)

@@ -5,12 +5,11 @@ softplus, the SSM state update, the ``D`` skip and the SiLU gate. The torch path
 (``causal_conv1d_update`` + linear layers + ``selective_state_update``) spends ~25 small tensor
 ops on this per layer; at decode those dispatch costs, not FLOPs, set the speed. fp32 only,
 inference only (no autograd); the new states are written to fresh tensors, the given ones are
-left untouched.
+left untouched. The arithmetic is ``decode_step.mixer_core``, which the whole-layer decoding
+step shares.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -18,14 +17,13 @@ import torch
 try:
     from numba import njit
 
+    from .decode_step import mixer_core
+
     _HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
 __all__ = ["is_available", "mixer_step_cpu", "supports"]
-
-SOFTPLUS_THRESHOLD = 20.0
-"""softplus(x) = x above this (as torch.nn.functional.softplus)."""
 
 
 def is_available() -> bool:
@@ -48,53 +46,18 @@ def supports(*tensors: torch.Tensor | None) -> bool:
 
 if _HAVE_NUMBA:
 
-    @njit(cache=True, nogil=True, fastmath={"contract", "arcp", "nsz"}, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _mixer_step_kernel(
-        xz, conv_state, conv_w, conv_b, has_conv_bias, xproj_w, dtproj_w, dt_bias, A, D,
-        ssm_state, new_conv, new_ssm, y, xc, dbc,
+        xz, conv_w, conv_b, has_conv_bias, xproj_w, dtproj_w, dt_bias, A, D, new_conv, new_ssm,
+        y,
     ):  # fmt: skip
-        """xz (B, 2E); conv_state (B, E, W - 1); conv_w (E, W); conv_b (E,); xproj_w
-        (R + 2N, E); dtproj_w (E, R); dt_bias, D (E,); A (E, N); ssm_state (B, E, N).
-        Writes new_conv, new_ssm (shapes of the states) and y (B, E); xc (E,), dbc (R + 2N,)
-        are scratch."""
-        batch = xz.shape[0]
-        dim, width = conv_w.shape
-        hist = width - 1
-        rank = dtproj_w.shape[1]
-        n_state = A.shape[1]
-        n_proj = xproj_w.shape[0]
-        for b in range(batch):
-            for d in range(dim):
-                xd = xz[b, d]
-                acc = conv_b[d] if has_conv_bias else 0.0
-                for j in range(hist):
-                    acc += conv_state[b, d, j] * conv_w[d, j]
-                    if j > 0:
-                        new_conv[b, d, j - 1] = conv_state[b, d, j]
-                acc += xd * conv_w[d, hist]
-                if hist > 0:
-                    new_conv[b, d, hist - 1] = xd
-                xc[d] = acc / (1.0 + math.exp(-acc))
-            for r in range(n_proj):
-                s = 0.0
-                for d in range(dim):
-                    s += xproj_w[r, d] * xc[d]
-                dbc[r] = s
-            for d in range(dim):
-                v = dt_bias[d]
-                for r in range(rank):
-                    v += dtproj_w[d, r] * dbc[r]
-                delta = v if v > SOFTPLUS_THRESHOLD else math.log1p(math.exp(v))
-                xd = xc[d]
-                dx = delta * xd
-                acc = 0.0
-                for n in range(n_state):
-                    h = ssm_state[b, d, n] * math.exp(delta * A[d, n]) + dbc[rank + n] * dx
-                    new_ssm[b, d, n] = h
-                    acc += h * dbc[rank + n_state + n]
-                acc += D[d] * xd
-                zd = xz[b, dim + d]
-                y[b, d] = acc * (zd / (1.0 + math.exp(-zd)))
+        """xz (B, 2E); new_conv (B, E, W - 1) / new_ssm (B, E, N): copies of the states, updated
+        in place; y (B, E)."""
+        for b in range(xz.shape[0]):
+            mixer_core(
+                xz[b], b, new_conv, conv_w, conv_b, has_conv_bias, xproj_w, dtproj_w, dt_bias,
+                A, D, new_ssm, y[b],
+            )  # fmt: skip
 
 
 def mixer_step_cpu(
@@ -117,15 +80,12 @@ def mixer_step_cpu(
     Returns y (B, E) (before out_proj), new conv state, new SSM state.
     """
     batch, dim, _ = conv_state.shape
-    new_conv = torch.empty_like(conv_state)
-    new_ssm = torch.empty_like(ssm_state)
+    new_conv = conv_state.detach().to(torch.float32, copy=True).contiguous()
+    new_ssm = ssm_state.detach().to(torch.float32, copy=True).contiguous()
     y = torch.empty(batch, dim, dtype=torch.float32)
-    xc = torch.empty(dim, dtype=torch.float32)
-    dbc = torch.empty(x_proj_weight.shape[0], dtype=torch.float32)
     bias = conv_bias if conv_bias is not None else dt_bias
     _mixer_step_kernel(
         xz.detach().contiguous().numpy(),
-        conv_state.detach().contiguous().numpy(),
         conv_weight.detach().contiguous().numpy(),
         bias.detach().contiguous().numpy(),
         conv_bias is not None,
@@ -135,11 +95,8 @@ def mixer_step_cpu(
         # A in numpy: a tiny torch exp may wait ~10 ms for a busy second OpenMP thread
         np.negative(np.exp(A_log.detach().to(torch.float32).numpy())),
         D.detach().contiguous().numpy(),
-        ssm_state.detach().contiguous().numpy(),
         new_conv.numpy(),
         new_ssm.numpy(),
         y.numpy(),
-        xc.numpy(),
-        dbc.numpy(),
     )
     return y, new_conv, new_ssm
