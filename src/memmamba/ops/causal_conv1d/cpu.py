@@ -42,6 +42,25 @@ def supports(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
 if _HAVE_NUMBA:
     _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
 
+    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    def _padded_row_and_taps(x, prev, weight, bias, has_bias, b, d, row, acc):
+        """row (L + W - 1,) = [prev[b, d]; x[b, d]]; acc (L,) = bias[d] + sum_k w[d, k] row[t + k]
+        (the pre-activation of channel d of sequence b)."""
+        length = x.shape[2]
+        width = weight.shape[1]
+        hist = width - 1
+        for j in range(hist):
+            row[j] = prev[b, d, j]
+        for t in range(length):
+            row[hist + t] = x[b, d, t]
+        start = bias[d] if has_bias else x.dtype.type(0.0)
+        for t in range(length):
+            acc[t] = start
+        for k in range(width):
+            wk = weight[d, k]
+            for t in range(length):
+                acc[t] += wk * row[t + k]
+
     @njit(**_JIT)
     def _conv_fwd(x, prev, weight, bias, has_bias, silu, out):
         """x (B, D, L); prev (B, D, W - 1); weight (D, W); out (B, D, L)."""
@@ -53,17 +72,7 @@ if _HAVE_NUMBA:
             d = item % dim
             row = np.empty(length + hist, dtype=x.dtype)
             acc = np.empty(length, dtype=x.dtype)
-            for j in range(hist):
-                row[j] = prev[b, d, j]
-            for t in range(length):
-                row[hist + t] = x[b, d, t]
-            start = bias[d] if has_bias else x.dtype.type(0.0)
-            for t in range(length):
-                acc[t] = start
-            for k in range(width):
-                wk = weight[d, k]
-                for t in range(length):
-                    acc[t] += wk * row[t + k]
+            _padded_row_and_taps(x, prev, weight, bias, has_bias, b, d, row, acc)
             if silu:
                 for t in range(length):
                     out[b, d, t] = acc[t] * sigmoid(acc[t])
@@ -86,18 +95,8 @@ if _HAVE_NUMBA:
                 dweight[d, k] = 0.0
             db = x.dtype.type(0.0)
             for b in range(batch):
-                for j in range(hist):
-                    row[j] = prev[b, d, j]
-                for t in range(length):
-                    row[hist + t] = x[b, d, t]
+                _padded_row_and_taps(x, prev, weight, bias, has_bias, b, d, row, gp)
                 if silu:
-                    start = bias[d] if has_bias else x.dtype.type(0.0)
-                    for t in range(length):
-                        gp[t] = start
-                    for k in range(width):
-                        wk = weight[d, k]
-                        for t in range(length):
-                            gp[t] += wk * row[t + k]
                     for t in range(length):
                         s = sigmoid(gp[t])
                         gp[t] = grad[b, d, t] * s * (1.0 + gp[t] * (1.0 - s))
