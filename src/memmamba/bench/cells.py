@@ -4,6 +4,7 @@ never leak into the next; the cell reports one JSON line on stdout."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -106,3 +107,18 @@ def spawn_cell(
         if line.startswith("{"):
             return json.loads(line)
     return {**base, "error": " ".join((res.stderr or res.stdout).strip().splitlines()[-1:])}
+
+
+def write_json_and_csv(out: Path, stem: str, payload: dict[str, Any], rows: list[dict]) -> None:
+    """``out/stem.json`` (the whole payload) and ``out/stem.csv`` (one line per row, the union of
+    the rows' keys as columns, in first-seen order); creates ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{stem}.json", "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)

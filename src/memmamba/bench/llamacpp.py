@@ -35,7 +35,6 @@ Run ``memmamba bench llamacpp --help`` or ``python benchmarks/bench_llamacpp.py`
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import hashlib
 import json
@@ -694,17 +693,7 @@ def _plot(cmp: Sequence[dict[str, Any]], path: Path) -> None:
 
 def write_outputs(result: dict[str, Any], out: Path) -> None:
     """``llamacpp_bench.{json,csv,md,png}`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "llamacpp_bench.json", "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    rows = result["cells"]
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out / "llamacpp_bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    cells.write_json_and_csv(out, "llamacpp_bench", result, result["cells"])
     (out / "llamacpp_bench.md").write_text(format_report(result) + "\n")
     if result["comparison"]:
         _plot(result["comparison"], out / "llamacpp_bench.png")

@@ -25,7 +25,6 @@ Run ``python -m memmamba.bench.model --help`` or ``python benchmarks/bench_model
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -599,18 +598,8 @@ def format_table(rows: list[dict[str, Any]], limits: dict[str, float] | None = N
 
 
 def _write_outputs(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    rows = result["rows"]
-    with open(out / "model_bench.json", "w") as f:
-        json.dump(result, f, indent=2)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out / "model_bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    _plot(rows, out / "model_bench.png")
+    cells.write_json_and_csv(out, "model_bench", result, result["rows"])
+    _plot(result["rows"], out / "model_bench.png")
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:

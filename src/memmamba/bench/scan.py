@@ -13,7 +13,6 @@ Run ``python -m memmamba.bench.scan --help`` or ``python benchmarks/bench_scan.p
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -344,16 +343,7 @@ def format_table(rows: list[dict[str, Any]], limits: dict[str, float] | None = N
 
 
 def _write_outputs(rows: list[dict[str, Any]], limits: dict[str, float], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "scan_bench.json", "w") as f:
-        json.dump({"limits": limits, "rows": rows}, f, indent=2)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out / "scan_bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    cells.write_json_and_csv(out, "scan_bench", {"limits": limits, "rows": rows}, rows)
     _plot(rows, out / "scan_bench.png")
 
 
