@@ -347,7 +347,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         predicted = None
         if mode == "decode":
             t0 = time.perf_counter()
-            cache = _prefill(impl, model, ids, chunk)
+            cache, _ = _prefill(impl, model, ids, chunk)
             row["prefill_s"] = time.perf_counter() - t0
             fn = _decode_fn(impl, model, cache, vocab, spec["decode_steps"])
             tokens = spec["decode_steps"]

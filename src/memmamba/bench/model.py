@@ -250,26 +250,19 @@ def _forward_fn(impl: str, model, ids, mode: str, chunk: int | None = None):
 
 def _prefill(impl: str, model, ids, chunk: int):
     """Run the prompt (ours, HF Mamba or Llama) in chunks that carry the state / KV cache;
-    returns the cache."""
+    returns (cache, logits of the last position (batch, 1, V))."""
     import torch
 
-    if impl in OURS:  # the model's own chunked prefill
-        with torch.inference_mode():
-            return model(ids, use_cache=True, logits_to_keep=1, prefill_chunk_size=chunk).cache
-    if impl == "llama":
-        cache = None
-        with torch.inference_mode():
-            for start in range(0, ids.shape[1], chunk):
-                part = ids[:, start : start + chunk]
-                out = model(part, cache=cache, use_cache=True, logits_to_keep=1)
-                cache = out.cache
-        return cache
-    cache = None
     with torch.inference_mode():
+        if impl in OURS:  # the model's own chunked prefill
+            out = model(ids, use_cache=True, logits_to_keep=1, prefill_chunk_size=chunk)
+            return out.cache, out.logits
+        cache = None
         for start in range(0, ids.shape[1], chunk):
             part = ids[:, start : start + chunk]
-            cache = model(part, cache=cache, use_cache=True, logits_to_keep=1).cache
-    return cache
+            out = model(part, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.cache
+    return cache, out.logits
 
 
 def _decode_fn(impl: str, model, cache, vocab: int, steps: int):
@@ -304,23 +297,12 @@ def _latency_fn(impl: str, model, ids, chunk: int, new_tokens: int):
         return logits[:, -1:].argmax(-1)
 
     def run() -> None:
+        cache, logits = _prefill(impl, model, ids, chunk)
+        tok = next_token(logits)
         with torch.inference_mode():
-            if impl in OURS:
-                out = model(ids, use_cache=True, logits_to_keep=1, prefill_chunk_size=chunk)
+            for _ in range(new_tokens):
+                out = model(tok, cache=cache, use_cache=True)
                 cache, tok = out.cache, next_token(out.logits)
-                for _ in range(new_tokens):
-                    out = model(tok, cache=cache, use_cache=True)
-                    cache, tok = out.cache, next_token(out.logits)
-            else:  # llama
-                cache = None
-                for start in range(0, ids.shape[1], chunk):
-                    part = ids[:, start : start + chunk]
-                    out = model(part, cache=cache, use_cache=True, logits_to_keep=1)
-                    cache = out.cache
-                tok = next_token(out.logits)
-                for _ in range(new_tokens):
-                    out = model(tok, cache=cache, use_cache=True)
-                    cache, tok = out.cache, next_token(out.logits)
 
     return run
 
@@ -359,7 +341,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
             cache = model.empty_caches(spec["batch"])
             row["note"] = "no prompt (mambapy has no cached prefill)"
         else:
-            cache = _prefill(impl, model, ids, spec["prefill_chunk"])
+            cache, _ = _prefill(impl, model, ids, spec["prefill_chunk"])
         row["prefill_s"] = time.perf_counter() - t0
         fn = _decode_fn(impl, model, cache, shape["vocab_size"], steps)
         tokens = steps * spec["batch"]
