@@ -11,8 +11,10 @@ import contextlib
 import io
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 
@@ -124,6 +126,106 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     llamacpp.set_defaults(func=_bench_llamacpp)
 
 
+# ----------------------------------------------------------------------------- convert
+#: Tokenizer files of a source folder that a converted model folder gets a copy of.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+#: ``DeciMambaConfig`` fields set by ``--layers``, ``--base-length``, ``--beta``, ``--min-length``.
+DECIMATION_FIELDS = (
+    "decimation_layers",
+    "decimation_base_length",
+    "decimation_beta",
+    "decimation_min_length",
+)
+
+
+def _convert_decimamba(args: argparse.Namespace) -> dict:
+    from .eval.common import MODEL_LOAD_ERRORS, _one_line
+    from .models import DeciMambaForCausalLM
+
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.is_dir():
+        raise UserError(f"source folder {args.src!r} not found")
+    if dst.exists() and (not dst.is_dir() or dst.resolve() == src.resolve()):
+        raise UserError(f"destination {args.dst!r} is a file or the source folder itself")
+    given = (args.layers, args.base_length, args.beta, args.min_length)
+    overrides = {k: v for k, v in zip(DECIMATION_FIELDS, given) if v is not None}
+    try:
+        model = DeciMambaForCausalLM.from_mamba_checkpoint(src, **overrides)
+    except ValueError:  # not a Mamba, or an invalid option: the message says which
+        raise
+    except MODEL_LOAD_ERRORS as exc:  # unreadable or corrupt files
+        message = f"cannot read a Mamba checkpoint from {args.src!r}: {_one_line(exc)}"
+        raise UserError(message) from exc
+    _save_quietly(model, dst, quiet=args.quiet)
+    copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    for name in copied:
+        shutil.copyfile(src / name, dst / name)
+    result = {"src": str(src), "dst": str(dst), "tokenizer_files": copied}
+    result.update({k: getattr(model.config, k) for k in DECIMATION_FIELDS})
+    log.info("wrote DeciMamba to %s (decimating layers %s)", dst, model.config.decimation_layers)
+    return result
+
+
+def _save_quietly(model, folder: Path, quiet: bool) -> None:
+    """``model.save_pretrained(folder)``; with ``quiet`` without transformers' progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if quiet and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from .models import decimamba as deci_defaults
+
+    convert = sub.add_parser("convert", help="convert a saved model into another model class")
+    kinds = convert.add_subparsers(dest="convert_kind", required=True, parser_class=_Parser)
+    deci = kinds.add_parser(
+        "decimamba",
+        help="a Mamba checkpoint as a DeciMamba baseline (training-free context extension)",
+        description="Write a DeciMamba (arXiv 2406.14528) with the weights of a Mamba folder; "
+        "its tokenizer files are copied. Unset options keep the DeciMambaConfig defaults.",
+    )
+    _add_common(deci)
+    deci.add_argument("src", help="Mamba model folder (save_pretrained, memory off)")
+    deci.add_argument("dst", help="folder to write the DeciMamba model to")
+    deci.add_argument(
+        "--layers", type=int, nargs="+", help="decimating layers, 0-based (default: the middle)"
+    )
+    deci.add_argument(
+        "--base-length",
+        type=positive_int,
+        help=f"L_base, tokens the first decimating layer keeps "
+        f"(default {deci_defaults.DEFAULT_BASE_LENGTH})",
+    )
+    deci.add_argument(
+        "--beta",
+        type=float,
+        help=f"budget ratio per further decimating layer, in (0, 1] "
+        f"(default {deci_defaults.DEFAULT_BETA})",
+    )
+    deci.add_argument(
+        "--min-length",
+        type=positive_int,
+        help=f"L_min, fewest context tokens a layer keeps "
+        f"(default {deci_defaults.DEFAULT_MIN_LENGTH})",
+    )
+    deci.set_defaults(func=_convert_decimamba)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .eval import add_eval_parser, add_report_parser
     from .integrations.harness_cli import attach_to_eval
@@ -157,6 +259,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_generate,
     _add_eval,
     _add_bench,
+    _add_convert,
 ]
 
 

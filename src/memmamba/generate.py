@@ -43,15 +43,19 @@ def _tokenizer_name(folder: Path) -> str | None:
 
 
 def load_for_generation(path: str | Path, tokenizer: str | None = None):
-    """``(model, tokenizer)`` from a checkpoint, run or ``save_pretrained`` folder."""
+    """``(model, tokenizer)`` from a checkpoint, run or ``save_pretrained`` folder (any model
+    type ``AutoModelForCausalLM`` knows once memmamba is imported)."""
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from .data import get_tokenizer
-    from .models import MemMambaForCausalLM
+    from .models import register_auto_classes
 
     folder = resolve_model_folder(path)
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr
-    model = MemMambaForCausalLM.from_pretrained(folder)
+    register_auto_classes()
+    # MemMamba, DeciMamba, or the Llama baseline of `memmamba train --model llama`
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     model.eval()
     tok = get_tokenizer(tokenizer or _tokenizer_name(folder) or "byte")
     if tok.vocab_size > model.config.vocab_size:

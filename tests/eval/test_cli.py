@@ -39,7 +39,8 @@ def test_help_for_every_task(run, capsys):
 @pytest.mark.parametrize("kind", ["mamba", "llama"])
 def test_every_task_writes_json_csv_png_and_report(run, saved, tmp_path, capsys, kind):
     model, out = str(saved / kind), tmp_path / "res"
-    common = ["--model", model, "--out", str(out), "--quiet", "--chunk-size", "256"]
+    common = ["--model", model, "--name", f"tiny-{kind}", "--out", str(out), "--quiet"]
+    common += ["--chunk-size", "256"]
     assert (
         run(
             [
@@ -113,12 +114,15 @@ def test_every_task_writes_json_csv_png_and_report(run, saved, tmp_path, capsys,
     )
     printed = json.loads(capsys.readouterr().out)
     assert printed["task"] == "fidelity"
+    family = {"mamba": "mamba", "llama": "transformer"}[kind]
+    assert printed["model"]["name"] == f"tiny-{kind}" and printed["model"]["family"] == family
     for stem in ("ppl", "passkey-exact", "docret", "probe-mqar", "fidelity"):
         for ext in ("json", "csv", "png"):
             assert (out / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
     assert run(["report", str(out), "--out", str(tmp_path / "report.md"), "--quiet"]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "17.35" in text and "(ours" in text and "Table 3" in text
+    assert f"**tiny-{kind}** (ours" in text and "## Verdicts on the paper's claims" in text
 
 
 def test_user_errors_exit_2(run, capsys):

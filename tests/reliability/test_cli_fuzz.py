@@ -20,12 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memmamba import cli
+from memmamba.bench import llamacpp as bench_llamacpp
+from memmamba.bench import model as bench_model
 from memmamba.bench import scan as bench_scan
 
 from .profiles import examples
 
 MISSING = "/nonexistent/memmamba-reliability"
-JUNK_VALUES = ["", "abc", "1e999x", "--", "-", "0x10", "nan(", "\u00e9\u00e8", "1,2", " 3"]
+# Values no numeric flag accepts (" 3" is not one: int() strips the space).
+JUNK_VALUES = ["", "abc", "1e999x", "--", "-", "0x10", "nan(", "\u00e9\u00e8", "1,2"]
 
 
 class HeavyWorkStarted(Exception):
@@ -60,6 +63,8 @@ def _run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
         raise HeavyWorkStarted(" ".join(argv))
 
     monkeypatch.setattr(bench_scan, "run_scan_bench", heavy)
+    monkeypatch.setattr(bench_model, "run_from_args", heavy)
+    monkeypatch.setattr(bench_llamacpp, "run_from_args", heavy)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:

@@ -47,6 +47,45 @@ def test_mamba_baseline_has_no_memory(corpus_dir, tmp_path):
     assert not any("memory" in n for n, _ in base.named_parameters())
 
 
+def test_llama_baseline_matches_the_mamba_size(corpus_dir, tmp_path):
+    """``model="llama"``: same width, depth and vocabulary, parameters within 2% of the Mamba's;
+    memory-only overrides are dropped, Llama fields are applied."""
+    cfg = tiny_config(corpus_dir, tmp_path, model="mamba", hidden_size=128)
+    mamba = build_model(cfg, 257)
+    llama_cfg = cfg.replace(model="llama", model_overrides={"rms_norm_eps": 1e-5, "pool_size": 3})
+    llama = build_model(llama_cfg, 257)
+    assert llama.config.model_type == "llama"
+    assert (llama.config.hidden_size, llama.config.num_hidden_layers) == (128, 2)
+    assert llama.config.rms_norm_eps == 1e-5
+    assert not hasattr(llama.config, "pool_size")
+    n_mamba = sum(p.numel() for p in mamba.parameters())
+    n_llama = sum(p.numel() for p in llama.parameters())
+    assert abs(n_llama - n_mamba) / n_mamba < 0.02, (n_llama, n_mamba)
+
+
+def test_llama_trains_saves_and_resumes_exactly(corpus_dir, tmp_path):
+    """The Transformer baseline trains on whole windows; a resumed run repeats the losses of
+    an uninterrupted one and the checkpoint loads with ``AutoModelForCausalLM``."""
+    from transformers import AutoModelForCausalLM
+
+    from memmamba.generate import load_for_generation
+
+    def run(out, steps):
+        cfg = tiny_config(corpus_dir, out, model="llama", steps=steps, save_every=2)
+        train(cfg)
+        return [r["loss"] for r in read_log(out / "log.jsonl") if r["kind"] == "train"]
+
+    straight = run(tmp_path / "a", 6)
+    assert straight[-1] < straight[0] - 0.5, straight
+    run(tmp_path / "b", 4)
+    resumed = run(tmp_path / "b", 6)
+    assert resumed == straight
+    model = AutoModelForCausalLM.from_pretrained(max((tmp_path / "a" / "checkpoints").iterdir()))
+    assert model.config.model_type == "llama"
+    generator, tok = load_for_generation(tmp_path / "a")  # `memmamba generate` loads it too
+    assert generator.config.model_type == "llama" and tok.vocab_size == model.config.vocab_size
+
+
 def test_weight_decay_excludes_ssm_norms_biases(corpus_dir, tmp_path):
     net = build_model(tiny_config(corpus_dir, tmp_path), 257)
     net.backbone.layers[0].mixer.in_proj.weight._no_weight_decay = True

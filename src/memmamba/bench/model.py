@@ -61,7 +61,6 @@ QUICK_LENGTHS = (256,)
 DECODE_STEPS = 64
 LATENCY_NEW_TOKENS = 128
 """Greedy tokens generated after the prompt in ``latency`` cells (the paper's latency protocol)."""
-LLAMA_HEAD_DIM = 64
 PREFILL_CHUNK = 2048
 """Tokens per prefill call of the decode cells (the state is carried between calls)."""
 CELL_TIMEOUT_S = 900.0
@@ -181,33 +180,14 @@ def build_models(shape: dict[str, int], impl: str):
     if impl == "mambapy":
         return MambapyLM(mamba)
     if impl == "llama":
-        return same_size_llama(shape, sum(p.numel() for p in mamba.parameters()))
+        from memmamba.models.llama_baseline import same_size_llama
+
+        torch.manual_seed(SEED)
+        n_params = sum(p.numel() for p in mamba.parameters())
+        return same_size_llama(
+            shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"], n_params
+        ).eval()
     raise ValueError(f"unknown implementation {impl!r}")
-
-
-def same_size_llama(shape: dict[str, int], n_params: int):
-    """A transformers Llama with our width, depth and vocabulary whose MLP width makes its
-    parameter count match ``n_params`` (rounded to a multiple of 8)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    d, layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]
-    heads = max(1, d // LLAMA_HEAD_DIM)
-    per_layer = (n_params - vocab * d - d) / layers  # tied embedding and the final norm
-    mlp = (per_layer - 4 * d * d - 2 * d) / (3 * d)
-    config = LlamaConfig(
-        hidden_size=d,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        intermediate_size=max(8, int(round(mlp / 8)) * 8),
-        vocab_size=vocab,
-        tie_word_embeddings=True,
-        max_position_embeddings=1 << 20,
-        attn_implementation="sdpa",
-    )
-    torch.manual_seed(SEED)
-    return LlamaForCausalLM(config).eval()
 
 
 def _forward_fn(impl: str, model, ids, mode: str, chunk: int | None = None):

@@ -43,6 +43,11 @@ DEFAULT_OUT = "outputs/eval"
 
 def _common(p: argparse.ArgumentParser, text: bool = True) -> None:
     p.add_argument("--model", required=True, help="local model folder (save_pretrained)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the model's name in results and reports (default: the folder's path)",
+    )
     if text:
         p.add_argument(
             "--tokenizer",
@@ -111,13 +116,17 @@ def _validate_flags(args: argparse.Namespace) -> None:
 
 def _prepare(args: argparse.Namespace, text: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     _validate_flags(args)
+    if args.quiet:  # no "Loading weights" bar from transformers either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     tok = load_tokenizer(args.tokenizer, model, args.model) if text else None
     kw = {
         "chunk_size": args.chunk_size,
         "out_dir": args.out,
         "quiet": args.quiet,
-        "model_name": str(args.model),
+        "model_name": args.name or str(args.model),
     }
     return model, tok, kw
 

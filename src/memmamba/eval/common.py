@@ -556,10 +556,25 @@ def environment() -> dict[str, Any]:
     }
 
 
+def model_family(model: nn.Module) -> str:
+    """``memmamba`` (memory on), ``decimamba``, ``mamba`` (ours without memory, or transformers'
+    Mamba) or ``transformer`` (anything else): how reports group results."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", "")
+    if model_type == "memmamba":
+        return "memmamba" if getattr(config, "use_memory", True) else "mamba"
+    if model_type == "decimamba":
+        return "decimamba"
+    if "mamba" in model_type or _is_hf_mamba(model):
+        return "mamba"
+    return "transformer"
+
+
 def describe_model(model: nn.Module, name: str | None = None) -> dict[str, Any]:
-    """Name, class, parameter count and runner mode of a model."""
+    """Name, family (:func:`model_family`), class, parameter count and runner mode."""
     return {
         "name": name or getattr(model, "name_or_path", None) or type(model).__name__,
+        "family": model_family(model),
         "class": type(model).__name__,
         "params": sum(p.numel() for p in model.parameters()),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -1,9 +1,12 @@
 """``TrainConfig``: every knob of a training run in one typed object, plus named presets.
 
 Precedence: dataclass defaults < preset < config file (JSON or TOML) < command-line flags.
-``model`` picks the architecture (``memmamba``, or ``mamba`` = the same network with
-``use_memory=False``); everything else is identical between the two, so a baseline differs
-from MemMamba by that one field.
+``model`` picks the architecture: ``memmamba``; ``mamba`` = the same network with
+``use_memory=False``; ``llama`` = the same-size Transformer baseline (a transformers
+``LlamaForCausalLM`` with the Mamba's width, depth, vocabulary and parameter count, see
+``memmamba.models.llama_baseline``). Everything else is identical between them, so a baseline
+differs from MemMamba by that one field. A Transformer carries no recurrent state, so
+``llama`` is trained on whole ``seq_len`` windows (``chunk_len`` does not apply to it).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-MODELS = ("memmamba", "mamba")
+MODELS = ("memmamba", "mamba", "llama")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("fp32", "bf16")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
@@ -31,7 +34,8 @@ class TrainConfig:
     hidden_size: int = 64
     num_hidden_layers: int = 4
     state_size: int = 16
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # extra MemMambaConfig fields
+    # extra fields of the model's config: MemMambaConfig, or LlamaConfig for model="llama"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     # data
     data: str = "embedded"
     tokenizer: str = "byte"
@@ -117,7 +121,11 @@ class TrainConfig:
         if self.chunk_len > self.seq_len:
             _bad("chunk_len", self.chunk_len, f"at most seq_len={self.seq_len}")
         if not isinstance(self.model_overrides, dict):
-            _bad("model_overrides", self.model_overrides, "a table/object of MemMambaConfig fields")
+            _bad(
+                "model_overrides",
+                self.model_overrides,
+                "a table/object of the model config's fields",
+            )
         reserved = {"use_memory", "vocab_size", "hidden_size", "num_hidden_layers", "state_size"}
         clash = reserved & set(self.model_overrides)
         if clash:
@@ -130,6 +138,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def train_chunk_len(self) -> int:
+        """Tokens per forward call in training: ``chunk_len``, or ``seq_len`` for ``llama``."""
+        return self.seq_len if self.model == "llama" else self.chunk_len
 
     @property
     def tokens_per_step(self) -> int:

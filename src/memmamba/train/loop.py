@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..data import WindowSampler, get_tokenizer, load_token_dataset
 from ..models import MemMambaConfig, MemMambaForCausalLM
+from ..models.llama_baseline import mamba_parameter_count, same_size_llama
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainConfig
@@ -35,6 +36,8 @@ log = logging.getLogger("memmamba.train")
 
 VAL_SEED_OFFSET = 1_000_003  # validation windows come from their own stream
 MAX_LOG_PPL = 50.0  # perplexities are reported as exp(min(loss, this)) to stay finite
+FAMILIES = {"memmamba": "memmamba", "mamba": "mamba", "llama": "transformer"}
+"""``cfg.model`` -> the family that reports group results by."""
 MUST_MATCH = (
     "model",
     "hidden_size",
@@ -47,8 +50,17 @@ MUST_MATCH = (
 )
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> MemMambaForCausalLM:
-    """MemMamba (or, with ``model="mamba"``, the same network without memory)."""
+def build_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
+    """MemMamba; with ``model="mamba"`` the same network without memory; with
+    ``model="llama"`` a Llama with the Mamba's width, depth, vocabulary and parameter count."""
+    if cfg.model == "llama":
+        n_params = mamba_parameter_count(
+            cfg.hidden_size, cfg.num_hidden_layers, vocab_size, cfg.state_size
+        )
+        llama_fields = _llama_fields(cfg.model_overrides)
+        return same_size_llama(
+            cfg.hidden_size, cfg.num_hidden_layers, vocab_size, n_params, **llama_fields
+        )
     config = MemMambaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -58,6 +70,18 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> MemMambaForCausalLM:
         **cfg.model_overrides,
     )
     return MemMambaForCausalLM(config)
+
+
+def _llama_fields(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that are ``LlamaConfig`` fields; MemMamba's memory fields (shared config
+    files carry them) do not apply to the Transformer and are dropped with a note."""
+    from transformers import LlamaConfig
+
+    known = LlamaConfig().to_dict()
+    dropped = sorted(set(overrides) - set(known))
+    if dropped:
+        log.info("llama: ignoring model fields that are not LlamaConfig's: %s", ", ".join(dropped))
+    return {k: v for k, v in overrides.items() if k in known}
 
 
 def get_rows(sampler: WindowSampler, first: int, rows: int) -> torch.Tensor:
@@ -79,6 +103,7 @@ def sequence_loss(
 ) -> torch.Tensor:
     """Summed next-token NLL of ``x`` (batch, T + 1), fed in chunks with the state carried.
 
+    Chunks are ``cfg.train_chunk_len`` long (a Transformer sees the whole window at once).
     With ``backward_scale``, each chunk's summed loss times that scale is back-propagated as
     soon as it is computed (bounded memory); the gradient all-reduce runs only on the last
     chunk when ``sync_last``.
@@ -87,21 +112,26 @@ def sequence_loss(
     cache, total = None, torch.zeros((), dtype=torch.float64, device=x.device)
     seq_len = x.shape[1] - 1
     autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.dtype == "bf16")
-    for c0 in range(0, seq_len, cfg.chunk_len):
-        c1 = min(c0 + cfg.chunk_len, seq_len)
+    recurrent = cfg.model != "llama"
+    chunk_len = cfg.train_chunk_len
+    for c0 in range(0, seq_len, chunk_len):
+        c1 = min(c0 + chunk_len, seq_len)
         sync = sync_last and c1 == seq_len
         grad = backward_scale is not None
         sync_ctx = dist.no_sync(model, info, sync) if grad else contextlib.nullcontext()
         with sync_ctx:
             with autocast:
-                out = model(input_ids=x[:, c0:c1], cache_params=cache, use_cache=True)
+                if recurrent:
+                    out = model(input_ids=x[:, c0:c1], cache_params=cache, use_cache=True)
+                else:
+                    out = model(input_ids=x[:, c0:c1], use_cache=False)
             logits = out.logits.float()
             loss = F.cross_entropy(
                 logits.flatten(0, 1), x[:, c0 + 1 : c1 + 1].flatten(), reduction="sum"
             )
             if grad:
                 (loss * backward_scale).backward()
-        cache = out.cache.detach_()
+        cache = out.cache.detach_() if recurrent else None
         total += loss.detach().double()
     return total
 
@@ -310,6 +340,13 @@ def _train(cfg: TrainConfig, info: dist.DistInfo) -> dict[str, Any]:
     metrics.close()
     elapsed = time.perf_counter() - start_time
     summary = {
+        "task": "train",
+        "model": {
+            "name": out.name,
+            "family": FAMILIES[cfg.model],
+            "class": type(bare).__name__,
+            "params": n_params,
+        },
         "out_dir": str(out),
         "steps": step,
         "steps_this_run": step - start_step,
