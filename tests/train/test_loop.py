@@ -76,6 +76,8 @@ def test_llama_trains_saves_and_resumes_exactly(corpus_dir, tmp_path):
         return [r["loss"] for r in read_log(out / "log.jsonl") if r["kind"] == "train"]
 
     straight = run(tmp_path / "a", 6)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["task"] == "train" and summary["model"]["family"] == "transformer"
     assert straight[-1] < straight[0] - 0.5, straight
     run(tmp_path / "b", 4)
     resumed = run(tmp_path / "b", 6)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import WindowSampler, get_tokenizer, load_token_dataset
+from ..eval.common import model_family
 from ..models import MemMambaConfig, MemMambaForCausalLM
 from ..models.llama_baseline import mamba_parameter_count, same_size_llama
 from . import checkpoint as ckpt
@@ -36,8 +37,6 @@ log = logging.getLogger("memmamba.train")
 
 VAL_SEED_OFFSET = 1_000_003  # validation windows come from their own stream
 MAX_LOG_PPL = 50.0  # perplexities are reported as exp(min(loss, this)) to stay finite
-FAMILIES = {"memmamba": "memmamba", "mamba": "mamba", "llama": "transformer"}
-"""``cfg.model`` -> the family that reports group results by."""
 MUST_MATCH = (
     "model",
     "hidden_size",
@@ -343,7 +342,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo) -> dict[str, Any]:
         "task": "train",
         "model": {
             "name": out.name,
-            "family": FAMILIES[cfg.model],
+            "family": model_family(bare),
             "class": type(bare).__name__,
             "params": n_params,
         },
