@@ -1,4 +1,4 @@
-"""Fused one-token decoding on CPU: the whole model step as one numba kernel per layer.
+"""Fused one-token decoding on CPU: the whole model step as one numba kernel call.
 
 ``MemMambaForCausalLM.forward`` takes this path for a cached call on one real token per
 sequence in CPU inference with float32 or bfloat16 weights (``config.fused_decode``, default
@@ -7,13 +7,13 @@ one with. Arithmetic and states are float32 either way; bfloat16 matrices are re
 16-bit patterns and widened exactly in the kernels, so decoding (which streams every weight
 once per token) reads half the bytes.
 
-The first fused step on a cache copies its states into contiguous float32 tensors, the pools of all
-layers packed into one tensor per field (cross-layer attention reads several layers' pools),
-and puts views of them back into the cache; later steps update those tensors **in place**, as
-transformers' ``MambaCache`` does. Any other call (a multi-token forward, ``reorder_cache`` in
-beam search, batch selection) replaces the cache's tensors, and the next fused step re-packs
-them. The weights are read (as zero-copy views) on the first fused step of a cache; a cache
-belongs to one model and one run of decoding.
+The first fused step on a cache copies its states into contiguous float32 tensors, one tensor
+per field for all layers (conv and SSM states, each pool field: cross-layer attention reads
+several layers' pools), and puts views of them back into the cache; later steps update those
+tensors **in place**, as transformers' ``MambaCache`` does. Any other call (a multi-token
+forward, ``reorder_cache`` in beam search, batch selection) replaces the cache's tensors, and
+the next fused step re-packs them. The weights are read (as zero-copy views) on the first fused
+step of a cache; a cache belongs to one model and one run of decoding.
 """
 
 from __future__ import annotations
@@ -111,22 +111,21 @@ def _model_supported(model: nn.Module) -> bool:
 
 @dataclass
 class _Packed:
-    """What the kernels read, built on the first fused step of a cache."""
+    """What the kernel reads, built on the first fused step of a cache."""
 
     model: nn.Module
     supported: bool
-    layer_weights: list[tuple]
+    layers: object
+    """``model_step``'s per-layer weights (``decode_step.layer_list``)."""
+    close_config: tuple
+    """The window-closing scalars (window, policy, threshold, period, active, replacement)."""
+    embeddings: np.ndarray
     head: tuple
-    layer_states: list[LayerState]
-    seen: torch.Tensor
-    conv: list[np.ndarray]
-    ssm: list[np.ndarray]
-    pools: tuple[np.ndarray, ...]
-    seen_np: np.ndarray
-    layer_args: list[tuple] = ()
-    """Every argument of ``layer_step`` after ``hidden``, per layer."""
-    close_args: tuple | None = None
-    """The arguments of ``close_windows`` (None when memory is off)."""
+    layer_states: list[LayerState] = ()
+    seen: torch.Tensor | None = None
+    seen_np: np.ndarray | None = None
+    step_args: tuple = ()
+    """Every argument of ``model_step`` after ``hidden`` but the last (the logits)."""
 
     def __reduce__(self):
         """Copies and pickles of a cache drop the packing (its views belong to the original
@@ -177,12 +176,12 @@ _NO_ATTENTION = (_dummy(2), _dummy(2), _dummy(2), 0, _dummy(2), _dummy(1), _dumm
 
 
 def _memory_weights(config, memory, layer_idx: int) -> tuple:
-    """The memory part of ``layer_step``'s arguments after the pool arrays."""
+    """The memory part of ``layer_step``'s arguments (after the mixer weights)."""
     if memory is None:
         return (
             _dummy(2), _dummy(1), 0, _dummy(1), 0.0,
             0, _dummy(1), 0.0, 0.0, 1, 0,
-            1, *_NO_ATTENTION, np.array([layer_idx]),
+            1, *_NO_ATTENTION, np.array([layer_idx], dtype=np.int64),
             False, *_NO_ATTENTION, np.zeros(0, dtype=np.int64),
         )  # fmt: skip
     notes, gate = memory.notes, memory.gate
@@ -209,75 +208,65 @@ def _memory_weights(config, memory, layer_idx: int) -> tuple:
     )
 
 
-def _state_copy(t: torch.Tensor) -> torch.Tensor:
-    """An owned contiguous copy; floating states in float32 (the kernels' precision)."""
-    t = t.detach()
-    return t.to(torch.float32, copy=True) if t.is_floating_point() else t.clone()
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """An owned contiguous (layers, ...) copy; floating states in float32 (the kernel's
+    precision)."""
+    out = torch.stack([t.detach() for t in tensors])
+    return out.to(torch.float32) if out.is_floating_point() else out
 
 
 def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> None:
-    """Own contiguous copies of the cache's states (pools of all layers in one tensor per
-    field), give the cache views of them, and keep numpy views for the kernels."""
+    """Own contiguous copies of the cache's states, one tensor per field for all layers, give
+    the cache views of them, and keep numpy views for the kernel."""
     layers = cache.layers
-    convs = [_state_copy(layer.conv) for layer in layers]
-    ssms = [_state_copy(layer.ssm) for layer in layers]
+    convs = _stacked([layer.conv for layer in layers])
+    ssms = _stacked([layer.ssm for layer in layers])
     if model.config.use_memory:
         stacked = {
-            name: _state_copy(torch.stack([getattr(layer.pool, name).detach() for layer in layers]))
-            for name in _POOL_FIELDS
+            name: _stacked([getattr(layer.pool, name) for layer in layers]) for name in _POOL_FIELDS
         }
         pools = [PoolState(**{n: stacked[n][i] for n in _POOL_FIELDS}) for i in range(len(layers))]
-        packed.pools = tuple(stacked[name].numpy() for name in _POOL_FIELDS)
+        pool_arrays = tuple(stacked[name].numpy() for name in _POOL_FIELDS)
     else:
         pools = [None] * len(layers)
-        packed.pools = (
+        pool_arrays = (
             _dummy(4), _dummy(3, np.bool_), _dummy(3), _dummy(2, np.int64), _dummy(3), _dummy(2)
         )  # fmt: skip
     cache.layers = [
-        LayerState(conv=c, ssm=s, pool=p) for c, s, p in zip(convs, ssms, pools, strict=True)
+        LayerState(conv=convs[i], ssm=ssms[i], pool=pools[i]) for i in range(len(layers))
     ]
     cache.seen_tokens = cache.seen_tokens.detach().clone()
     packed.layer_states = list(cache.layers)
     packed.seen = cache.seen_tokens
-    packed.conv = [c.numpy() for c in convs]
-    packed.ssm = [s.numpy() for s in ssms]
     packed.seen_np = cache.seen_tokens.numpy()
-    config = model.config
-    notes, valid, scores, write_index, run_note, run_score = packed.pools
-    packed.layer_args = [
-        (
-            *weights[:16],
-            packed.conv[i],
-            packed.ssm[i],
-            config.use_memory,
-            i,
-            packed.seen_np,
-            notes,
-            valid,
-            run_note,
-            run_score,
-            *weights[16:],
-        )  # fmt: skip
-        for i, weights in enumerate(packed.layer_weights)
-    ]
-    packed.close_args = (
-        (
-            packed.seen_np,
-            config.note_window,
-            kernels.POLICY_CODES[config.note_policy],
-            float(config.note_threshold),
-            config.note_period,
-            config.note_period_active,
-            kernels.REPLACEMENT_CODES[config.effective_pool_replacement],
-            notes,
-            valid,
-            scores,
-            write_index,
-            run_note,
-            run_score,
-        )  # fmt: skip
-        if config.use_memory
-        else None
+    notes, valid, scores, write_index, run_note, run_score = pool_arrays
+    packed.step_args = (
+        packed.layers,
+        convs.numpy(),
+        ssms.numpy(),
+        model.config.use_memory,
+        packed.seen_np,
+        notes,
+        valid,
+        run_note,
+        run_score,
+        *packed.close_config,
+        scores,
+        write_index,
+        *packed.head,
+    )
+
+
+def _close_config(config) -> tuple:
+    if not config.use_memory:
+        return (1, 0, 0.0, 1, 0, 0)
+    return (
+        config.note_window,
+        kernels.POLICY_CODES[config.note_policy],
+        float(config.note_threshold),
+        config.note_period,
+        config.note_period_active,
+        kernels.REPLACEMENT_CODES[config.effective_pool_replacement],
     )
 
 
@@ -286,32 +275,26 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
     if packed is None or packed.model is not model:
         backbone = model.backbone
         config = model.config
-        weights = []
-        for i, block in enumerate(backbone.layers):
-            weights.append(
-                (
-                    _np(block.norm.weight),
-                    float(block.norm.variance_epsilon),
-                    *_mixer_weights(block.mixer),
-                )
-                + _memory_weights(config, block.memory, i)
+        weights = [
+            (
+                _np(block.norm.weight),
+                float(block.norm.variance_epsilon),
+                *_mixer_weights(block.mixer),
+                *_memory_weights(config, block.memory, i),
             )
-        head = (
-            _np(backbone.norm_f.weight),
-            float(backbone.norm_f.variance_epsilon),
-            _mat(model.lm_head.weight),
-        )
+            for i, block in enumerate(backbone.layers)
+        ]
         packed = _Packed(
             model=model,
             supported=_model_supported(model),
-            layer_weights=weights,
-            head=head,
-            layer_states=[],
-            seen=cache.seen_tokens,
-            conv=[],
-            ssm=[],
-            pools=(),
-            seen_np=np.zeros(0, dtype=np.int64),
+            layers=kernels.layer_list(weights),
+            close_config=_close_config(config),
+            embeddings=_mat(backbone.embeddings.weight),
+            head=(
+                _np(backbone.norm_f.weight),
+                float(backbone.norm_f.variance_epsilon),
+                _mat(model.lm_head.weight),
+            ),
         )
         cache._fused = packed
         _pack_states(model, cache, packed)
@@ -323,28 +306,19 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
     return packed
 
 
-@torch.no_grad()
 def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: MemMambaCache) -> torch.Tensor:
     """One real token per sequence through the whole model, updating ``cache`` in place.
 
-    input_ids: (B, 1) in [0, vocab_size); returns logits (B, vocab_size) float32.
+    input_ids: (B, 1) in [0, vocab_size); returns logits (B, vocab_size) float32. No autograd
+    is involved (the kernel reads numpy views), so no grad mode needs to be entered.
     """
-    ids = input_ids.numpy()[:, 0]
-    vocab = model.config.vocab_size
-    if ids.min() < 0 or ids.max() >= vocab:
-        model.backbone._check_ids(input_ids)  # raises the model's usual error
     packed = _pack(model, cache)
-    embeddings = model.backbone.embeddings.weight.detach()
-    if embeddings.dtype == torch.float32:
-        hidden = embeddings.numpy()[ids]  # (B, d) copy
-    else:
-        hidden = embeddings[input_ids[:, 0]].float().numpy()
-    for args in packed.layer_args:
-        kernels.layer_step(hidden, *args)
-    if packed.close_args is not None:
-        kernels.close_windows(*packed.close_args)
-    else:
-        packed.seen_np += 1
-    logits = torch.empty(ids.shape[0], vocab, dtype=torch.float32)
-    kernels.final_logits(hidden, *packed.head, logits.numpy())
+    batch, vocab = input_ids.shape[0], packed.embeddings.shape[0]
+    hidden = np.empty((batch, packed.embeddings.shape[1]), dtype=np.float32)
+    logits = torch.empty(batch, vocab, dtype=torch.float32)
+    bad = kernels.model_step(
+        input_ids.numpy()[:, 0], packed.embeddings, hidden, *packed.step_args, logits.numpy()
+    )
+    if bad >= 0:
+        model.backbone._check_ids(input_ids)  # raises the model's usual error
     return logits

@@ -6,10 +6,11 @@ causal conv, the SSM update, the gate and ``out_proj`` for every sequence of a b
 the result to the residual stream in place. ``close_windows`` then inserts the notes of the
 windows that the token closed into the pools of every layer (after all layers have read them,
 so a window's own note is never visible to its tokens). ``final_logits`` applies the final
-norm and the language-model head.
+norm and the language-model head. ``model_step`` runs all of it, embedding included, in one
+call.
 
-At decode the torch path pays ~150 small tensor dispatches per token; these kernels pay one
-call per layer. Attention over a pool folds the key and value projections into the query and
+At decode the torch path pays ~150 small tensor dispatches per token; ``model_step`` pays one
+call per token. Attention over a pool folds the key and value projections into the query and
 the output (``q.(W_k s) = (W_k^T q).s``, ``sum p W_v s = W_v sum p s``): the same function, to
 float rounding, at a tenth of the FLOPs. The slow references are the batched torch forward and
 ``memmamba.layers.reference`` (tests compare them).
@@ -32,6 +33,7 @@ try:
     from llvmlite import ir
     from numba import njit, types
     from numba.extending import intrinsic, overload
+    from numba.typed import List as NumbaList
 
     _HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -44,8 +46,10 @@ __all__ = [
     "close_windows",
     "final_logits",
     "is_available",
+    "layer_list",
     "layer_step",
     "mixer_core",
+    "model_step",
 ]
 
 FUSION_CODES = {"weighted": 0, "gated": 1, "residual": 2}
@@ -60,6 +64,15 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 def is_available() -> bool:
     """True when numba (and so these kernels) can be used."""
     return _HAVE_NUMBA
+
+
+def layer_list(layers: list[tuple]):
+    """``model_step``'s ``layers`` argument: the per-layer argument tuples in a numba typed
+    list (arrays held without copies), so the call's dispatch costs the same at any depth."""
+    out = NumbaList()
+    for args in layers:
+        out.append(args)
+    return out
 
 
 def weight_value(w):  # pragma: no cover - replaced by the overload inside jitted code
@@ -260,11 +273,10 @@ if _HAVE_NUMBA:
 
     @_jit
     def layer_step(
-        hidden, norm_w, eps,
+        hidden, conv_state, ssm_state, use_memory, layer, seen, notes, valid, run_note,
+        run_score, norm_w, eps,
         in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
-        out_w, out_b, has_out_b, conv_state, ssm_state,
-        use_memory, layer, seen, notes, valid, run_note, run_score,
-        sum_w, sum_b, policy, score_w, score_b,
+        out_w, out_b, has_out_b, sum_w, sum_b, policy, score_w, score_b,
         gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
         heads, tok_q, tok_k, tok_v, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
         has_cross, lay_q, lay_k, lay_v, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources,
@@ -394,3 +406,42 @@ if _HAVE_NUMBA:
         for b in range(batch):
             _rmsnorm(hidden[b], norm_w, eps, x)
             _gemv(head_w, x, logits[b])
+
+    @_jit
+    def model_step(
+        ids, embeddings, hidden, layers, conv_state, ssm_state,
+        use_memory, seen, notes, valid, run_note, run_score,
+        window, note_policy, note_threshold, note_period, note_period_active, replacement,
+        scores, write_index, final_norm_w, final_eps, head_w, logits,
+    ):  # fmt: skip
+        """One token of every sequence through the whole model in one call: embedding, every
+        layer (``layer_step``), the window insertions (``close_windows``) and the logits.
+
+        ids (B,) int64; embeddings (V, d); hidden (B, d) scratch; logits (B, V) output;
+        layers: a typed list holding, per layer, the tuple of ``layer_step``'s arguments from
+        ``norm_w`` on; conv_state (layers, B, E, W - 1), ssm_state (layers, B, E, N). Returns
+        the batch index of the first out-of-range id, or -1; nothing is updated when an id is
+        out of range."""
+        vocab, d = embeddings.shape
+        batch = ids.shape[0]
+        for b in range(batch):
+            if ids[b] < 0 or ids[b] >= vocab:
+                return b
+        for b in range(batch):
+            for j in range(d):
+                hidden[b, j] = weight_value(embeddings[ids[b], j])
+        for i in range(len(layers)):
+            layer_step(
+                hidden, conv_state[i], ssm_state[i], use_memory, i, seen, notes, valid,
+                run_note, run_score, *layers[i],
+            )  # fmt: skip
+        if use_memory:
+            close_windows(
+                seen, window, note_policy, note_threshold, note_period, note_period_active,
+                replacement, notes, valid, scores, write_index, run_note, run_score,
+            )  # fmt: skip
+        else:
+            for b in range(batch):
+                seen[b] += 1
+        final_logits(hidden, final_norm_w, final_eps, head_w, logits)
+        return -1
