@@ -74,3 +74,19 @@ def test_card_from_config_without_training():
 
 def test_push_to_hub_is_inherited():
     assert callable(getattr(MemMambaForCausalLM, "push_to_hub", None))
+
+
+def test_loaded_weights_get_aligned_storage_and_exact_logits(tmp_path):
+    """safetensors loads tensors as views of the mapped file, at any address; BLAS kernels may
+    round by alignment, so ``from_pretrained`` copies unaligned ones and the logits of a
+    loaded model are the saved model's, bit for bit (ties kept)."""
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    for name, param in loaded.named_parameters():
+        assert param.data_ptr() % 64 == 0, name
+    assert loaded.lm_head.weight is loaded.backbone.embeddings.weight
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

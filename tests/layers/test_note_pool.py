@@ -67,7 +67,7 @@ def test_empty_pool_gives_zero_context_and_gradients_without_nan():
     table = torch.randn(1, 1 + 2 + layout.num_windows, 4, requires_grad=True)
     index = torch.ones(1, layout.num_windows, 2, dtype=torch.long)
     snap = PoolSnapshots(table, index, torch.zeros_like(index, dtype=torch.bool))
-    out = attn(x, snap.gather(), snap.valid, layout)
+    out = attn(x, snap, layout)
     assert torch.equal(out, torch.zeros_like(out))
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(table.grad).all()

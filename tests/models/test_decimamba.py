@@ -220,6 +220,8 @@ def test_checkpoint_round_trip_and_auto_class(tmp_path):
     assert isinstance(loaded.config, DeciMambaConfig)
     for field in DECIMATION:
         assert getattr(loaded.config, field) == DECIMATION[field], field
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
     ids = ids_of(2, LONG)
     for keep in (0, TAIL):
         want = deci_model(base)(ids, logits_to_keep=keep).logits

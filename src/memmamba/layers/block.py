@@ -90,16 +90,14 @@ class LayerMemory(nn.Module):
         Returns (x_bar (batch, L, d), this layer's snapshots, pool state after the call).
         """
         snapshots, new_state = self.notes(x, layout, state, return_state)
-        context = self.token_attn(x, snapshots.gather(), snapshots.valid, layout)
+        context = self.token_attn(x, snapshots, layout)
         gate = self.gate(x, layout)
         if gate is not None:
             context = context * gate
         x_bar = x + self.token_fusion(x, context)
         if self.layer_attn is not None:
-            sources = [previous[i] for i in self.sources]
-            notes = torch.cat([s.gather() for s in sources], 2)  # (B, C, g*k, S)
-            valid = torch.cat([s.valid for s in sources], 2)
-            layer_context = self.layer_attn(x, notes, valid, layout)
+            sources = PoolSnapshots.concat([previous[i] for i in self.sources])
+            layer_context = self.layer_attn(x, sources, layout)
             x_bar = x_bar + self.layer_fusion(x, layer_context)
         return x_bar, snapshots, new_state
 

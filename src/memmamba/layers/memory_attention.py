@@ -4,8 +4,8 @@ Cross-token attention: a token of window c queries its layer's pool as of c's st
 Cross-layer attention: the same, over the concatenated snapshots of the previous g layers.
 Queries are ``W_q x_t`` (summary width), keys ``W_k s`` and values ``W_v s`` of the notes s;
 ``memory_heads`` heads; softmax(QK^T / sqrt(d_h)) over valid slots only; an empty pool gives a
-zero context. Tokens are laid on a (window, offset) grid so that every window's queries meet
-that window's keys in one batched matmul.
+zero context. The attention itself is ``memmamba.ops.pool_attention`` (a batched torch path
+and a CPU inference kernel).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import math
 import torch
 from torch import nn
 
-from .note_pool import WindowLayout
+from ..ops.pool_attention import pool_attention
+from .note_pool import PoolSnapshots, WindowLayout
 
 
 class MemoryAttention(nn.Module):
@@ -38,41 +39,30 @@ class MemoryAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        notes: torch.Tensor,
-        valid: torch.Tensor,
+        snapshots: PoolSnapshots,
         layout: WindowLayout,
     ) -> torch.Tensor:
         """Attend.
 
         Args:
             x: (batch, L, hidden_size) queries' source.
-            notes: (batch, C, M, summary_size) the notes visible from each window.
-            valid: (batch, C, M) bool.
+            snapshots: the pool(s) as of each window's start (``PoolSnapshots``).
             layout: the call's ``WindowLayout``.
 
         Returns:
             context (batch, L, summary_size); zero for padding tokens and empty pools.
         """
-        batch, length, _ = x.shape
-        if length == 1:
-            return self._single_query(x, notes, valid, layout)
-        windows, w = layout.num_windows, layout.window
-        heads, dh = self.num_heads, self.head_dim
-        width = heads * dh
-        q = self.q_proj(x)  # (B, L, S)
-        grid = q.new_zeros(batch, windows * w + 1, width)
-        grid = grid.scatter(1, layout.grid_index[..., None].expand(-1, -1, width), q)
-        q = grid[:, : windows * w].reshape(batch, windows, w, heads, dh).transpose(2, 3)
-        slots = notes.shape[2]
-        k = self.k_proj(notes).reshape(batch, windows, slots, heads, dh).transpose(2, 3)
-        v = self.v_proj(notes).reshape(batch, windows, slots, heads, dh).transpose(2, 3)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, C, H, w, M)
-        keep = valid[:, :, None, None, :]
-        logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
-        probs = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
-        out = (probs @ v).transpose(2, 3).reshape(batch, windows * w, width)
-        out = torch.cat([out, out.new_zeros(batch, 1, width)], 1)
-        return out.gather(1, layout.grid_index[..., None].expand(-1, -1, width))
+        if x.shape[1] == 1:
+            return self._single_query(x, snapshots.gather(), snapshots.valid, layout)
+        return pool_attention(
+            self.q_proj(x),
+            self.k_proj(snapshots.table),  # keys and values once per table row
+            self.v_proj(snapshots.table),
+            snapshots.index,
+            snapshots.valid,
+            layout,
+            self.num_heads,
+        )
 
     def _single_query(
         self,

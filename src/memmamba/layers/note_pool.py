@@ -182,6 +182,22 @@ class PoolSnapshots:
     index: torch.Tensor
     valid: torch.Tensor
 
+    @classmethod
+    def concat(cls, snapshots: list[PoolSnapshots]) -> PoolSnapshots:
+        """The pools of several layers as one: tables stacked, slots side by side
+        (cross-layer attention reads the previous g layers' pools together)."""
+        if len(snapshots) == 1:
+            return snapshots[0]
+        offsets, total = [], 0
+        for snap in snapshots:
+            offsets.append(total)
+            total += snap.table.shape[1]
+        return cls(
+            table=torch.cat([s.table for s in snapshots], 1),
+            index=torch.cat([s.index + o for s, o in zip(snapshots, offsets, strict=True)], 2),
+            valid=torch.cat([s.valid for s in snapshots], 2),
+        )
+
     def gather(self) -> torch.Tensor:
         """Snapshot notes (batch, C, pool_size, summary_size)."""
         batch, windows, slots = self.index.shape

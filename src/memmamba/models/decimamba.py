@@ -53,7 +53,7 @@ from torch import nn
 from transformers.generation.configuration_utils import GenerationMode
 
 from ..layers.block import LayerState, MemMambaBlock
-from ..layers.mamba_mixer import CONV_ACTIVATION, MambaMixer, _is_plain_linear
+from ..layers.mamba_mixer import CONV_ACTIVATION, MambaMixer
 from ..ops import causal_conv1d_fn, selective_scan_fn
 from .cache import MemMambaCache
 from .configuration_memmamba import MemMambaConfig
@@ -192,16 +192,6 @@ def select_tokens(scores: torch.Tensor, protect: int, budget: int) -> torch.Tens
     return torch.cat([chosen, tail], dim=1)
 
 
-def _time_step(mixer: MambaMixer, dt: torch.Tensor) -> torch.Tensor:
-    """dt_proj without its bias (the scan's delta_bias): (batch, R, L) -> (batch, E, L)."""
-    if _is_plain_linear(mixer.dt_proj):
-        return mixer.dt_proj.weight @ dt
-    delta = mixer._channel_major(mixer.dt_proj, dt)  # a wrapped projection, e.g. LoRA
-    if mixer.dt_proj.bias is not None:
-        delta = delta - mixer.dt_proj.bias[:, None]
-    return delta
-
-
 def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """t (batch, C, L) at index (batch, L') along the last axis -> (batch, C, L')."""
     return t.gather(2, index[:, None, :].expand(-1, t.shape[1], -1))
@@ -243,7 +233,7 @@ def decimating_mixer_forward(
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
         dim=1,
     )
-    delta = _time_step(mixer, dt)  # (batch, E, L)
+    delta = mixer.time_step(dt)  # (batch, E, L)
     delta_bias = mixer.dt_proj.bias.float()
     index = select_tokens(token_scores(delta, delta_bias), protect, budget)
     result = selective_scan_fn(

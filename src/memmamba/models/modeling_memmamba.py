@@ -93,6 +93,29 @@ class MemMambaPreTrainedModel(PreTrainedModel):
         # The model builds its own MemMambaCache in forward.
         return False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then every CPU tensor that the loader left at
+        an unaligned address (views into the memory-mapped safetensors file) is copied to
+        memory of its own: BLAS kernels may round differently by alignment, and a loaded
+        model must compute exactly what the saved one did."""
+        model = super().from_pretrained(*args, **kwargs)
+        own_aligned_storage(model)
+        return model
+
+
+STORAGE_ALIGNMENT = 64
+"""Bytes; what torch's CPU allocator guarantees."""
+
+
+def own_aligned_storage(module: nn.Module) -> None:
+    """Give each CPU parameter and buffer of ``module`` whose data is not
+    ``STORAGE_ALIGNMENT``-aligned an aligned copy (in place, so ties are kept)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "cpu" and tensor.data_ptr() % STORAGE_ALIGNMENT:
+                tensor.data = tensor.data.clone()
+
 
 # ----------------------------------------------------------------------------------------------
 class MemMambaModel(MemMambaPreTrainedModel):

@@ -1,0 +1,66 @@
+"""The CPU attention kernel over pool snapshots against the batched torch path."""
+
+import pytest
+import torch
+
+from memmamba.layers import WindowLayout
+from memmamba.ops import pool_attention as ops
+
+pytestmark = pytest.mark.skipif(
+    not ops.cpu_kernel_applies(torch.zeros(1)), reason="numba is not installed"
+)
+
+WINDOW = 4
+SLOTS = 3
+WIDTH = 8
+HEADS = 2
+
+
+def _case(mask: torch.Tensor | None, seen: list[int], seed: int = 0, empty_window: int = 1):
+    """Random queries and tables; slot validity random, window ``empty_window`` all empty."""
+    g = torch.Generator().manual_seed(seed)
+    batch, length = len(seen), 11
+    layout = WindowLayout.build(mask, torch.tensor(seen), length, WINDOW)
+    windows = layout.num_windows
+    rows = 1 + SLOTS + windows
+    q = torch.randn(batch, length, WIDTH, generator=g)
+    k_table = torch.randn(batch, rows, WIDTH, generator=g) * 3
+    v_table = torch.randn(batch, rows, WIDTH, generator=g)
+    index = torch.randint(0, rows, (batch, windows, SLOTS), generator=g)
+    valid = torch.rand(batch, windows, SLOTS, generator=g) < 0.6
+    valid[:, empty_window] = False
+    return q, k_table, v_table, index, valid, layout
+
+
+@pytest.mark.parametrize(
+    "mask, seen",
+    [
+        (None, [0]),
+        (None, [6, 1]),  # calls that start inside a window
+        (torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 11]), [0, 3]),  # left padding
+    ],
+)
+def test_kernel_equals_torch_path(mask, seen):
+    q, k_table, v_table, index, valid, layout = _case(mask, seen)
+    want = ops.pool_attention_torch(
+        q, k_table, v_table, index, valid, layout.grid_index, WINDOW, HEADS
+    )
+    got = ops.pool_attention_cpu(q, k_table, v_table, index, valid, layout.token_window, HEADS)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got[~layout.real].eq(0).all(), "padding tokens get a zero context"
+    empty = layout.real & (layout.token_window == 1)
+    assert empty.any() and got[empty].eq(0).all(), "an empty pool gives a zero context"
+
+
+def test_dispatch_takes_the_kernel_only_for_cpu_inference():
+    q, k_table, v_table, index, valid, layout = _case(None, [0])
+    assert ops.cpu_kernel_applies(q, k_table, v_table)
+    with torch.no_grad():
+        fast = ops.pool_attention(q, k_table, v_table, index, valid, layout, HEADS)
+    q.requires_grad_(True)
+    assert not ops.cpu_kernel_applies(q, k_table, v_table)
+    slow = ops.pool_attention(q, k_table, v_table, index, valid, layout, HEADS)
+    slow.sum().backward()
+    assert q.grad is not None
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-6)
+    assert not ops.cpu_kernel_applies(q.detach().double())
