@@ -64,3 +64,27 @@ def test_dispatch_takes_the_kernel_only_for_cpu_inference():
     assert q.grad is not None
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-6)
     assert not ops.cpu_kernel_applies(q.detach().double())
+
+
+@pytest.mark.parametrize(
+    "mask, seen, shift",
+    [
+        (None, [0], 0),
+        (None, [5, 9], 1),  # both one token into a window
+        (torch.ones(2, 11, dtype=torch.long), [2, 6], 2),  # an all-ones mask is no padding
+        (None, [6, 1], None),  # different offsets
+        (torch.tensor([[0] + [1] * 10, [1] * 11]), [0, 0], None),  # padding
+    ],
+)
+def test_shifted_grid_equals_the_scattered_one(mask, seen, shift):
+    q, k_table, v_table, index, valid, layout = _case(mask, seen)
+    assert layout.grid_shift == shift
+    if shift is None:
+        return
+    q.requires_grad_(True)
+    args = (k_table, v_table, index, valid, layout.grid_index, WINDOW, HEADS)
+    want = ops.pool_attention_torch(q, *args)
+    (grad_want,) = torch.autograd.grad(want.square().sum(), q)
+    got = ops.pool_attention_torch(q, *args, grid_shift=shift)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), q)
+    assert torch.equal(got, want) and torch.equal(grad_got, grad_want)

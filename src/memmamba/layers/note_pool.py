@@ -55,6 +55,10 @@ class WindowLayout:
         seen_before / seen_after: (batch,) real tokens seen before / after the call.
         num_windows: C.
         window: note_window.
+        grid_shift: when the call has no padding and every sequence is at the same offset
+            within its window (training chunks, a batch of equal prompts), that offset: the
+            (window, offset) grid is then the tokens shifted by it. None otherwise (and on
+            accelerators, where reading it would synchronise).
     """
 
     positions: torch.Tensor
@@ -69,6 +73,7 @@ class WindowLayout:
     seen_after: torch.Tensor
     num_windows: int
     window: int
+    grid_shift: int | None = None
 
     @classmethod
     def build(
@@ -105,6 +110,11 @@ class WindowLayout:
         ]
         has_tokens = (first_here <= last_pos[:, None]) | carried
         last_window = (last_pos.div(window, rounding_mode="floor") - first_window).clamp(min=0)
+        grid_shift = None
+        if device.type == "cpu" and (attention_mask is None or bool(real.all())):
+            offsets = seen % window
+            if bool((offsets == offsets[0]).all()):
+                grid_shift = int(offsets[0])
         return cls(
             positions=positions,
             real=real,
@@ -118,6 +128,7 @@ class WindowLayout:
             seen_after=seen + n_real,
             num_windows=num_windows,
             window=window,
+            grid_shift=grid_shift,
         )
 
 

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
 from .selective_scan.cpu import fast_exp
 
@@ -41,6 +42,7 @@ def pool_attention_torch(
     grid_index: torch.Tensor,
     window: int,
     heads: int,
+    grid_shift: int | None = None,
 ) -> torch.Tensor:
     """Reference path (any device, differentiable).
 
@@ -50,16 +52,22 @@ def pool_attention_torch(
         grid_index: (B, L) ``window * note_window + offset`` of each token, C * note_window
             for padding (``WindowLayout.grid_index``).
         window: note_window; heads: number of heads (dividing S).
+        grid_shift: ``WindowLayout.grid_shift``; when given, the grid is the tokens shifted
+            by it (a pad and a slice instead of a scatter and a gather).
 
     Returns:
         context (B, L, S).
     """
-    batch, _, width = q.shape
+    batch, length, width = q.shape
     windows, slots = index.shape[1], index.shape[2]
     dh = width // heads
-    grid = q.new_zeros(batch, windows * window + 1, width)
-    grid = grid.scatter(1, grid_index[..., None].expand(-1, -1, width), q)
-    q = grid[:, : windows * window].reshape(batch, windows, window, heads, dh).transpose(2, 3)
+    cells = windows * window
+    if grid_shift is None:
+        grid = q.new_zeros(batch, cells + 1, width)
+        grid = grid.scatter(1, grid_index[..., None].expand(-1, -1, width), q)[:, :cells]
+    else:
+        grid = nn.functional.pad(q, (0, 0, grid_shift, cells - length - grid_shift))
+    q = grid.reshape(batch, windows, window, heads, dh).transpose(2, 3)
     flat = index.reshape(batch, windows * slots, 1).expand(-1, -1, width)
 
     def take(table: torch.Tensor) -> torch.Tensor:  # (B, C, H, M, dh)
@@ -70,7 +78,9 @@ def pool_attention_torch(
     keep = valid[:, :, None, None, :]
     logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
     probs = torch.softmax(logits, dim=-1) * keep.to(logits.dtype)
-    out = (probs @ take(v_table)).transpose(2, 3).reshape(batch, windows * window, width)
+    out = (probs @ take(v_table)).transpose(2, 3).reshape(batch, cells, width)
+    if grid_shift is not None:
+        return out[:, grid_shift : grid_shift + length]
     out = torch.cat([out, out.new_zeros(batch, 1, width)], 1)
     return out.gather(1, grid_index[..., None].expand(-1, -1, width))
 
@@ -126,8 +136,9 @@ def pool_attention(
     if cpu_kernel_applies(q, k_table, v_table):
         return pool_attention_cpu(q, k_table, v_table, index, valid, layout.token_window, heads)
     return pool_attention_torch(
-        q, k_table, v_table, index, valid, layout.grid_index, layout.window, heads
-    )
+        q, k_table, v_table, index, valid, layout.grid_index, layout.window, heads,
+        layout.grid_shift,
+    )  # fmt: skip
 
 
 if _HAVE_NUMBA:
