@@ -200,3 +200,23 @@ def test_a_deep_copied_cache_decodes_on_its_own():
     b = [model(ids[:, t : t + 1], cache_params=twin).logits for t in range(6, 12)]
     torch.testing.assert_close(torch.cat(a, 1), torch.cat(b, 1), rtol=0, atol=0)
     torch.testing.assert_close(torch.cat(a, 1), model(ids).logits[:, 6:], rtol=0, atol=ATOL)
+
+
+@torch.no_grad()
+def test_fused_step_output_is_a_regular_model_output():
+    """The fused step builds its output without ``ModelOutput.__init__``; it must behave as
+    the constructed one: keys, attributes, indexing, tuple, ``return_dict=False``."""
+    from memmamba.models.modeling_memmamba import MemMambaCausalLMOutput
+
+    model = tiny_model(seed=2)
+    ids = torch.randint(0, VOCAB, (2, PROMPT + 1))
+    cache = model(ids[:, :PROMPT], use_cache=True).cache
+    out = model(ids[:, PROMPT:], cache_params=cache)
+    assert _takes_fused_path(model)
+    want = MemMambaCausalLMOutput(logits=out.logits, cache=out.cache)
+    assert type(out) is type(want) and list(out.keys()) == list(want.keys()) == ["logits", "cache"]
+    assert out.to_tuple() == want.to_tuple() and out[0] is out["logits"] is out.logits
+    assert out.loss is None and out.hidden_states is None and out.cache is cache
+    assert out == want
+    plain = model(ids[:, PROMPT:], cache_params=cache, return_dict=False)
+    assert isinstance(plain, tuple) and plain[1] is cache

@@ -115,17 +115,15 @@ class _Packed:
 
     model: nn.Module
     supported: bool
+    vocab_size: int
     layers: object
-    """``model_step``'s per-layer weights (``decode_step.layer_list``)."""
-    close_config: tuple
-    """The window-closing scalars (window, policy, threshold, period, active, replacement)."""
-    embeddings: np.ndarray
-    head: tuple
+    """``model_step``'s per-layer weights (``decode_step.packed``)."""
+    constants: object
+    """Its embeddings, memory switch, window-closing scalars and head."""
     layer_states: list[LayerState] = ()
     seen: torch.Tensor | None = None
-    seen_np: np.ndarray | None = None
-    step_args: tuple = ()
-    """Every argument of ``model_step`` after ``hidden`` but the last (the logits)."""
+    states: object = None
+    """Its scratch and state arrays (views of the cache's tensors)."""
 
     def __reduce__(self):
         """Copies and pickles of a cache drop the packing (its views belong to the original
@@ -238,22 +236,23 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
     cache.seen_tokens = cache.seen_tokens.detach().clone()
     packed.layer_states = list(cache.layers)
     packed.seen = cache.seen_tokens
-    packed.seen_np = cache.seen_tokens.numpy()
     notes, valid, scores, write_index, run_note, run_score = pool_arrays
-    packed.step_args = (
-        packed.layers,
-        convs.numpy(),
-        ssms.numpy(),
-        model.config.use_memory,
-        packed.seen_np,
-        notes,
-        valid,
-        run_note,
-        run_score,
-        *packed.close_config,
-        scores,
-        write_index,
-        *packed.head,
+    hidden = np.empty((len(cache.seen_tokens), model.config.hidden_size), dtype=np.float32)
+    packed.states = kernels.packed(
+        [
+            (
+                hidden,
+                convs.numpy(),
+                ssms.numpy(),
+                cache.seen_tokens.numpy(),
+                notes,
+                valid,
+                run_note,
+                run_score,
+                scores,
+                write_index,
+            )  # fmt: skip
+        ]
     )
 
 
@@ -284,17 +283,20 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
             )
             for i, block in enumerate(backbone.layers)
         ]
+        constants = (
+            _mat(backbone.embeddings.weight),
+            config.use_memory,
+            *_close_config(config),
+            _np(backbone.norm_f.weight),
+            float(backbone.norm_f.variance_epsilon),
+            _mat(model.lm_head.weight),
+        )
         packed = _Packed(
             model=model,
             supported=_model_supported(model),
-            layers=kernels.layer_list(weights),
-            close_config=_close_config(config),
-            embeddings=_mat(backbone.embeddings.weight),
-            head=(
-                _np(backbone.norm_f.weight),
-                float(backbone.norm_f.variance_epsilon),
-                _mat(model.lm_head.weight),
-            ),
+            vocab_size=config.vocab_size,
+            layers=kernels.packed(weights),
+            constants=kernels.packed([constants]),
         )
         cache._fused = packed
         _pack_states(model, cache, packed)
@@ -313,11 +315,9 @@ def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: MemMambaCache)
     is involved (the kernel reads numpy views), so no grad mode needs to be entered.
     """
     packed = _pack(model, cache)
-    batch, vocab = input_ids.shape[0], packed.embeddings.shape[0]
-    hidden = np.empty((batch, packed.embeddings.shape[1]), dtype=np.float32)
-    logits = torch.empty(batch, vocab, dtype=torch.float32)
+    logits = torch.empty(input_ids.shape[0], packed.vocab_size, dtype=torch.float32)
     bad = kernels.model_step(
-        input_ids.numpy()[:, 0], packed.embeddings, hidden, *packed.step_args, logits.numpy()
+        input_ids.numpy()[:, 0], logits.numpy(), packed.layers, packed.states, packed.constants
     )
     if bad >= 0:
         model.backbone._check_ids(input_ids)  # raises the model's usual error

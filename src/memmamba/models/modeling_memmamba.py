@@ -58,6 +58,18 @@ class MemMambaCausalLMOutput(ModelOutput):
     cache: MemMambaCache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
+    @classmethod
+    def of_decoding_step(cls, logits: torch.Tensor, cache: MemMambaCache) -> ModelOutput:
+        """``cls(logits=logits, cache=cache)`` without ``ModelOutput.__init__``'s dataclass
+        walk (~25 us: a tenth of a small model's fused decoding step). Same keys, attributes
+        and tuple (``tests/models/test_fused_decode.py`` holds them equal)."""
+        out = cls.__new__(cls)
+        for name in cls.__dataclass_fields__:
+            object.__setattr__(out, name, None)
+        out["logits"] = logits
+        out["cache"] = cache
+        return out
+
 
 # ----------------------------------------------------------------------------------------------
 class MemMambaPreTrainedModel(PreTrainedModel):
@@ -437,7 +449,7 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
             logits = fast_decode.decode_step(self, input_ids, cache)[:, None]
             if not return_dict:
                 return (logits, cache)
-            return MemMambaCausalLMOutput(logits=logits, cache=cache)
+            return MemMambaCausalLMOutput.of_decoding_step(logits, cache)
         outputs = self.backbone(
             input_ids,
             inputs_embeds=inputs_embeds,

@@ -46,10 +46,10 @@ __all__ = [
     "close_windows",
     "final_logits",
     "is_available",
-    "layer_list",
     "layer_step",
     "mixer_core",
     "model_step",
+    "packed",
 ]
 
 FUSION_CODES = {"weighted": 0, "gated": 1, "residual": 2}
@@ -66,12 +66,13 @@ def is_available() -> bool:
     return _HAVE_NUMBA
 
 
-def layer_list(layers: list[tuple]):
-    """``model_step``'s ``layers`` argument: the per-layer argument tuples in a numba typed
-    list (arrays held without copies), so the call's dispatch costs the same at any depth."""
+def packed(items: list[tuple]):
+    """A numba typed list of argument tuples (arrays held without copies): how ``model_step``
+    takes the per-layer weights, the states and the constants, so its dispatch costs the same
+    however many arrays they hold."""
     out = NumbaList()
-    for args in layers:
-        out.append(args)
+    for item in items:
+        out.append(item)
     return out
 
 
@@ -408,20 +409,26 @@ if _HAVE_NUMBA:
             _gemv(head_w, x, logits[b])
 
     @_jit
-    def model_step(
-        ids, embeddings, hidden, layers, conv_state, ssm_state,
-        use_memory, seen, notes, valid, run_note, run_score,
-        window, note_policy, note_threshold, note_period, note_period_active, replacement,
-        scores, write_index, final_norm_w, final_eps, head_w, logits,
-    ):  # fmt: skip
+    def model_step(ids, logits, layers, states, constants):
         """One token of every sequence through the whole model in one call: embedding, every
         layer (``layer_step``), the window insertions (``close_windows``) and the logits.
 
-        ids (B,) int64; embeddings (V, d); hidden (B, d) scratch; logits (B, V) output;
-        layers: a typed list holding, per layer, the tuple of ``layer_step``'s arguments from
-        ``norm_w`` on; conv_state (layers, B, E, W - 1), ssm_state (layers, B, E, N). Returns
-        the batch index of the first out-of-range id, or -1; nothing is updated when an id is
-        out of range."""
+        ids (B,) int64; logits (B, V) output. The other arguments are numba typed lists, so
+        the call's dispatch costs the same at any depth (see ``packed``):
+        layers[i]: the tuple of ``layer_step``'s arguments from ``norm_w`` on, for layer i;
+        states[0]: (hidden (B, d) scratch, conv_state (layers, B, E, W - 1), ssm_state
+        (layers, B, E, N), seen, notes, valid, run_note, run_score, scores, write_index);
+        constants[0]: (embeddings (V, d), use_memory, window, note_policy, note_threshold,
+        note_period, note_period_active, replacement, final_norm_w, final_eps, head_w).
+        Returns the batch index of the first out-of-range id, or -1; nothing is updated when
+        an id is out of range."""
+        hidden, conv_state, ssm_state, seen, notes, valid, run_note, run_score, scores, w_index = (
+            states[0]
+        )
+        (
+            embeddings, use_memory, window, note_policy, note_threshold, note_period,
+            note_period_active, replacement, final_norm_w, final_eps, head_w,
+        ) = constants[0]  # fmt: skip
         vocab, d = embeddings.shape
         batch = ids.shape[0]
         for b in range(batch):
@@ -438,7 +445,7 @@ if _HAVE_NUMBA:
         if use_memory:
             close_windows(
                 seen, window, note_policy, note_threshold, note_period, note_period_active,
-                replacement, notes, valid, scores, write_index, run_note, run_score,
+                replacement, notes, valid, scores, w_index, run_note, run_score,
             )  # fmt: skip
         else:
             for b in range(batch):
