@@ -69,10 +69,11 @@ def is_available() -> bool:
 def packed(items: list[tuple]):
     """A numba typed list of argument tuples (arrays held without copies): how ``model_step``
     takes the per-layer weights, the states and the constants, so its dispatch costs the same
-    however many arrays they hold."""
-    out = NumbaList()
-    for item in items:
-        out.append(item)
+    however many arrays they hold. Built by a cached kernel: a typed list filled from Python
+    compiles its methods in every new process (seconds)."""
+    out = _list_with(items[0])
+    for item in items[1:]:
+        _append(out, item)
     return out
 
 
@@ -407,6 +408,17 @@ if _HAVE_NUMBA:
         for b in range(batch):
             _rmsnorm(hidden[b], norm_w, eps, x)
             _gemv(head_w, x, logits[b])
+
+    @_jit
+    def _list_with(item):
+        """A typed list holding ``item``."""
+        out = NumbaList()
+        out.append(item)
+        return out
+
+    @_jit
+    def _append(items, item):
+        items.append(item)
 
     @_jit
     def model_step(ids, logits, layers, states, constants):
