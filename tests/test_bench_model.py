@@ -35,6 +35,8 @@ def test_quick_bench_writes_outputs(tmp_path) -> None:
     }
     for r in rows:
         assert r["tokens_per_s"] > 0 and r["mfu"] > 0, r
+        assert r["device"] == "cpu" and r["peak_method"] != "torch.cuda.max_memory_allocated"
+    assert data["limits"]["device"] == "cpu"
     fwd = {r["impl"]: r for r in rows if r["mode"] == "fwd"}
     assert "x_vs_mamba" in fwd["memmamba"]
 
@@ -56,3 +58,15 @@ def test_latency_cells_against_a_same_size_llama(tmp_path) -> None:
     assert set(rows) == {"memmamba", "llama"}  # HF Mamba has no chunked cached prefill
     assert rows["memmamba"]["new_tokens"] == rows["llama"]["new_tokens"] > 0
     assert rows["memmamba"]["x_vs_llama"] > 0
+
+
+def test_device_is_checked_before_any_cell_runs() -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="not a torch device"):
+        run_model_bench(device="gpu0", quick=True, peers=(), isolate=False, progress=False)
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        run_model_bench(device="meta", quick=True, peers=(), isolate=False, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device; use --device cpu"):
+            run_model_bench(device="cuda", quick=True, peers=(), isolate=False, progress=False)

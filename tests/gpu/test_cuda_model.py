@@ -66,3 +66,17 @@ def test_cuda_generate_greedy_matches_cpu():
     cpu = model.generate(ids, max_new_tokens=12, do_sample=False)
     gpu = model.to(CUDA).generate(ids.to(CUDA), max_new_tokens=12, do_sample=False)
     assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_model_bench_runs_its_cells_on_the_gpu(tmp_path):
+    """``memmamba bench model --device cuda``: the latency protocol of the paper's figure."""
+    from memmamba.bench.model import run_model_bench
+
+    result = run_model_bench(
+        modes=("fwd", "latency"), peers=(), threads=1, out_dir=tmp_path, quick=True,
+        isolate=False, progress=False, device="cuda",
+    )  # fmt: skip
+    assert result["limits"]["device"] == "cuda"
+    for row in result["rows"]:
+        assert row["device"].startswith("cuda") and row["tokens_per_s"] > 0, row
+        assert row["peak_method"] == "torch.cuda.max_memory_allocated"

@@ -129,6 +129,13 @@ class MambapyLM:
         self.embedding = ours.backbone.embeddings
         self.head_weight = ours.lm_head.weight
 
+    def to(self, device) -> MambapyLM:
+        self.mamba.to(device)
+        self.norm_f.to(device)
+        self.embedding.to(device)
+        self.head_weight = self.head_weight.to(device)  # itself when tied to the embedding
+        return self
+
     def parameters(self):
         yield from self.mamba.parameters()
         yield from self.norm_f.parameters()
@@ -293,11 +300,12 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     cells.set_threads(spec["threads"])
     impl, mode, length = spec["impl"], spec["mode"], spec["L"]
+    device = torch.device(spec.get("device", "cpu"))
     shape = SHAPES[spec["shape"]]
-    model = build_models(shape, impl)
+    model = build_models(shape, impl).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(SEED)
-    ids = torch.randint(0, shape["vocab_size"], (spec["batch"], length), generator=g)
+    ids = torch.randint(0, shape["vocab_size"], (spec["batch"], length), generator=g).to(device)
     if _is_ours(impl):  # compile / load the numba kernels outside the measurement
         _forward_fn(impl, model, ids[:, :64], "prefill" if mode == "decode" else mode)()
 
@@ -305,6 +313,11 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         **{k: spec[k] for k in ("impl", "shape", "mode", "L", "batch", "threads")},
         "params": n_params,
     }
+    accelerator = device.type == "cuda"
+    if accelerator:  # peak memory is the device's; times wait for its queue
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_bytes = torch.cuda.memory_allocated(device)
     base_kib = cells.rss_now_kib()
     reset_ok = cells.reset_peak() and base_kib is not None
     if not reset_ok:
@@ -328,6 +341,8 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         fn = _forward_fn(impl, model, ids, mode, spec["prefill_chunk"])
         tokens = length * spec["batch"]
+    if accelerator:
+        fn = _synchronised(fn, device)
     t0 = time.perf_counter()
     fn()  # warm-up (also the memory measurement for the first call)
     first = time.perf_counter() - t0
@@ -340,17 +355,33 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         fn()
         times.append(time.perf_counter() - t0)
     peak_extra = max(cells.peak_kib() - base_kib, 0) * BYTES_PER_KIB
+    peak_method = "VmHWM reset" if reset_ok else "ru_maxrss (includes start-up)"
+    if accelerator:
+        peak_extra = max(torch.cuda.max_memory_allocated(device) - base_bytes, 0)
+        peak_method = "torch.cuda.max_memory_allocated"
     med = statistics.median(times)
     row.update(
+        device=str(device),
         median_ms=med * MS_PER_S,
         min_ms=min(times) * MS_PER_S,
         repeats=len(times),
         tokens_per_s=tokens / med,
         peak_extra_mib=peak_extra / BYTES_PER_MIB,
         peak_rss_mib=cells.peak_kib() / BYTES_PER_KIB if reset_ok else None,
-        peak_method="VmHWM reset" if reset_ok else "ru_maxrss (includes start-up)",
+        peak_method=peak_method,
     )
     return row
+
+
+def _synchronised(fn, device):
+    """``fn`` followed by a wait for the device's queue, so the wall time covers its work."""
+    import torch
+
+    def run() -> None:
+        fn()
+        torch.cuda.synchronize(device)
+
+    return run
 
 
 # ------------------------------------------------------------------------------- parent side
@@ -367,17 +398,23 @@ def matmul_peak_flops(*args, **kwargs):
         torch.set_num_threads(threads_before)
 
 
-def _matmul_peak_flops_impl(threads: int, size: int = MATMUL_SIZE) -> float:
-    """Median fp32 FLOP/s of a ``size`` x ``size`` matmul on ``threads`` threads."""
+def _matmul_peak_flops_impl(threads: int, size: int = MATMUL_SIZE, device: str = "cpu") -> float:
+    """Median fp32 FLOP/s of a ``size`` x ``size`` matmul on ``threads`` threads (CPU) or on
+    ``device``."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dev = torch.device(device)
+    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
     c = a @ b
     times = []
     for _ in range(MATMUL_REPEATS):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         torch.mm(a, b, out=c)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)
     return 2 * size**3 / statistics.median(times)
 
@@ -402,8 +439,10 @@ def run_model_bench(
     isolate: bool = True,
     baseline_src: str | os.PathLike | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Benchmark whole-model CPU throughput; writes ``model_bench.{json,csv,png}`` to ``out_dir``.
+    """Benchmark whole-model throughput (CPU by default); writes ``model_bench.{json,csv,png}``
+    to ``out_dir``.
 
     ``lengths`` apply to fwd / prefill / fwdbwd, ``decode_lengths`` (prompt lengths) to decode.
     Returns ``{"limits": {...}, "rows": [...]}``: one row per cell with median/min ms,
@@ -413,8 +452,11 @@ def run_model_bench(
     ``baseline_src``: a ``src`` folder of another memmamba version (e.g. an export of the
     last commit); our models also run from it as ``mamba@base`` / ``memmamba@base`` (one pass
     or an external chunk loop, as it may lack ``prefill_chunk_size``), for a before/after
-    taken in the same run.
+    taken in the same run. ``device``: e.g. "cuda" runs every cell there (times wait for
+    the device, peak memory is ``torch.cuda.max_memory_allocated``, MFU is against a matmul
+    on that device); the paper's latency figure was taken on a GPU.
     """
+    device = _checked_device(device)
     if quick:
         lengths = QUICK_LENGTHS
         decode_lengths = QUICK_LENGTHS
@@ -424,7 +466,7 @@ def run_model_bench(
     if baseline_src is not None:
         impls_run += [i + BASE_SUFFIX for i in impls if i in OURS]
     impls_run += cells.available_peers(tuple(peers))
-    limits = {"matmul_flops_start": matmul_peak_flops(threads)}
+    limits = {"device": device, "matmul_flops_start": matmul_peak_flops(threads, device=device)}
     rows: list[dict[str, Any]] = []
     last_ok: dict[tuple[str, str, str], dict] = {}
     t_start = time.time()
@@ -444,7 +486,7 @@ def run_model_bench(
                     spec = dict(impl=impl, shape=shape, mode=mode, L=length, batch=batch,
                                 threads=threads, repeats=repeats, budget_s=peer_budget_s,
                                 decode_steps=decode_steps, prefill_chunk=prefill_chunk,
-                                timeout_s=cell_timeout_s)  # fmt: skip
+                                timeout_s=cell_timeout_s, device=device)  # fmt: skip
                     if impl.endswith(BASE_SUFFIX):
                         spec["src"] = str(baseline_src)
                     prev = last_ok.get((impl, shape, mode))
@@ -460,7 +502,7 @@ def run_model_bench(
                     bar.update(1)
                     bar.write(_fmt_row(row))
     bar.close()
-    limits["matmul_flops_end"] = matmul_peak_flops(threads)
+    limits["matmul_flops_end"] = matmul_peak_flops(threads, device=device)
     limits["matmul_flops"] = max(limits["matmul_flops_start"], limits["matmul_flops_end"])
     limits["wall_s"] = time.time() - t_start
     _add_ratios(rows, limits)
@@ -469,6 +511,23 @@ def run_model_bench(
         _write_outputs(result, Path(out_dir))
     print(format_table(rows, limits))
     return result
+
+
+def _checked_device(device: str) -> str:
+    """``device`` if this machine has it; a ValueError that says what to pass otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {device!r} is not a torch device ('cpu', 'cuda', ...)") from exc
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise ValueError(f"--device {device!r}: the benchmark runs on 'cpu' or 'cuda' devices")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this machine has no CUDA device; use --device cpu")
+    return str(dev)
 
 
 def _mode_flops(shape: str, mode: str) -> float:
@@ -618,6 +677,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--peer-budget-s", type=float, default=PEER_BUDGET_S)
     p.add_argument("--cell-timeout-s", type=float, default=CELL_TIMEOUT_S)
     p.add_argument("--baseline-src", default=None, help="src folder of a memmamba to compare")
+    p.add_argument(
+        "--device", default="cpu", help="'cpu' (default) or a CUDA device such as 'cuda'"
+    )
     return p
 
 
@@ -638,7 +700,7 @@ def run_from_args(a: argparse.Namespace) -> dict[str, Any]:
         prefill_chunk=a.prefill_chunk, batch=a.batch, threads=a.threads, repeats=a.repeats,
         out_dir=a.out_dir, quick=a.quick, peer_budget_s=a.peer_budget_s,
         cell_timeout_s=a.cell_timeout_s, baseline_src=a.baseline_src,
-        progress=not getattr(a, "quiet", False),
+        progress=not getattr(a, "quiet", False), device=a.device,
     )  # fmt: skip
 
 
