@@ -197,6 +197,26 @@ class MambaMixer(nn.Module):
         dt = self.time_step(dt)
         if mask is not None:
             dt = dt.masked_fill(~mask[:, None, :], PAD_TIME_STEP)
+        out, new_ssm = self.scan_and_project(x, dt, A, B, C, z, dtype, ssm_state, return_states)
+        return out, new_conv, new_ssm
+
+    def scan_and_project(
+        self,
+        x: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        z: torch.Tensor,
+        dtype: torch.dtype,
+        initial_state: torch.Tensor | None = None,
+        return_state: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The selective scan (softplus(dt + dt_proj.bias), D skip, SiLU(z) gate), then
+        ``out_proj``. x, dt, z: (batch, E, L); B, C: (batch, N, L); A: (E, N).
+
+        Returns (out (batch, L, hidden_size) in ``dtype``, SSM state after the scan or None).
+        """
         result = selective_scan_fn(
             x,
             dt,
@@ -207,13 +227,12 @@ class MambaMixer(nn.Module):
             z=z,
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
-            return_last_state=return_states,
-            initial_state=ssm_state,
+            return_last_state=return_state,
+            initial_state=initial_state,
             backend=self.scan_backend,
         )
-        y, new_ssm = result if return_states else (result, None)
-        out = self.out_proj(y.transpose(1, 2).to(dtype))
-        return out, new_conv, new_ssm
+        y, ssm = result if return_state else (result, None)
+        return self.out_proj(y.transpose(1, 2).to(dtype)), ssm
 
     def time_step(self, dt: torch.Tensor) -> torch.Tensor:
         """``dt_proj`` without its bias (the scan adds it as ``delta_bias``):

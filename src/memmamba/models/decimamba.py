@@ -54,7 +54,7 @@ from transformers.generation.configuration_utils import GenerationMode
 
 from ..layers.block import LayerState, MemMambaBlock
 from ..layers.mamba_mixer import CONV_ACTIVATION, MambaMixer
-from ..ops import causal_conv1d_fn, selective_scan_fn
+from ..ops import causal_conv1d_fn
 from .cache import MemMambaCache
 from .configuration_memmamba import MemMambaConfig
 from .modeling_memmamba import (
@@ -236,21 +236,10 @@ def decimating_mixer_forward(
     delta = mixer.time_step(dt)  # (batch, E, L)
     delta_bias = mixer.dt_proj.bias.float()
     index = select_tokens(token_scores(delta, delta_bias), protect, budget)
-    result = selective_scan_fn(
-        _take(u, index),
-        _take(delta, index),
-        A,
-        _take(B, index),
-        _take(C, index),
-        D=mixer.D.float(),
-        z=_take(z, index),
-        delta_bias=delta_bias,
-        delta_softplus=True,
-        return_last_state=return_states,
-        backend=mixer.scan_backend,
-    )
-    y, ssm = result if return_states else (result, None)
-    out = mixer.out_proj(y.transpose(1, 2).to(dtype))
+    out, ssm = mixer.scan_and_project(
+        _take(u, index), _take(delta, index), A, _take(B, index), _take(C, index),
+        _take(z, index), dtype, return_state=return_states,
+    )  # fmt: skip
     return out, conv, ssm, index
 
 
