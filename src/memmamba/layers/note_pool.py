@@ -58,7 +58,8 @@ class WindowLayout:
         grid_shift: when the call has no padding and every sequence is at the same offset
             within its window (training chunks, a batch of equal prompts), that offset: the
             (window, offset) grid is then the tokens shifted by it. None otherwise (and on
-            accelerators, where reading it would synchronise).
+            accelerators, where reading it would synchronise, and for one-token calls, which
+            use no grid).
     """
 
     positions: torch.Tensor
@@ -111,7 +112,8 @@ class WindowLayout:
         has_tokens = (first_here <= last_pos[:, None]) | carried
         last_window = (last_pos.div(window, rounding_mode="floor") - first_window).clamp(min=0)
         grid_shift = None
-        if device.type == "cpu" and (attention_mask is None or bool(real.all())):
+        # Only multi-token calls lay tokens on a grid (one token attends directly).
+        if length > 1 and device.type == "cpu" and (attention_mask is None or bool(real.all())):
             offsets = seen % window
             if bool((offsets == offsets[0]).all()):
                 grid_shift = int(offsets[0])
