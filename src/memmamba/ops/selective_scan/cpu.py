@@ -254,6 +254,64 @@ if _HAVE_NUMBA:
             for t in range(t_lo, t_hi):
                 zsig[t - t_lo] = sigmoid(z_row[t])
 
+    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    def _scan_fwd_channels(
+        u, delta, A, Bt, Ct, Dv, z, dbias, h0,
+        has_D, has_z, has_bias, use_softplus, has_h0,
+        chunk, out, ckpt, hlast, b, g, d_lo, d_hi,
+    ):  # fmt: skip
+        """Forward scan of channels [d_lo, d_hi) of sequence ``b`` (their B/C group ``g``).
+
+        Per chunk of ``chunk`` steps: the step scalars (dt, silu(z)) in one vectorised pass,
+        the recurrence with only the state update and the C readout in its inner loop, then
+        ``(y + D u) * silu(z)`` in a second vectorised pass. A plain (serial) function: numba
+        compiles this loop nest tighter here than inside a ``prange`` body (10-25% in a
+        same-process A/B)."""
+        seqlen = u.shape[2]
+        n_state = A.shape[1]
+        n_chunks = ckpt.shape[2]
+        zero = typed_zero(A[0, 0])
+        h = np.empty(n_state, dtype=A.dtype)
+        dtbuf = np.empty(chunk, dtype=A.dtype)  # delta after bias and softplus
+        gbuf = np.empty(chunk, dtype=A.dtype)  # silu(z)
+        ybuf = np.empty(chunk, dtype=A.dtype)  # C . h
+        for d in range(d_lo, d_hi):
+            a_row = A[d]
+            for n in range(n_state):
+                h[n] = h0[b, d, n] if has_h0 else zero
+            bias = dbias[d] if has_bias else zero
+            dd = Dv[d] if has_D else zero
+            u_row = u[b, d]
+            out_row = out[b, d]
+            for ci in range(n_chunks):
+                t_lo = ci * chunk
+                t_hi = min(t_lo + chunk, seqlen)
+                for n in range(n_state):
+                    ckpt[b, d, ci, n] = h[n]
+                _chunk_prepass(
+                    delta[b, d], z[b, d] if has_z else z[0, 0], bias, use_softplus, has_z,
+                    t_lo, t_hi, dtbuf, gbuf,
+                )  # fmt: skip
+                for t in range(t_lo, t_hi):
+                    dt = dtbuf[t - t_lo]
+                    dtu = dt * u_row[t]
+                    b_row = Bt[b, g, t]
+                    c_row = Ct[b, g, t]
+                    y = zero
+                    for n in range(n_state):
+                        hn = fast_exp(dt * a_row[n]) * h[n] + dtu * b_row[n]
+                        h[n] = hn
+                        y += c_row[n] * hn
+                    ybuf[t - t_lo] = y
+                if has_z:
+                    for t in range(t_lo, t_hi):
+                        out_row[t] = (ybuf[t - t_lo] + dd * u_row[t]) * gbuf[t - t_lo]
+                else:
+                    for t in range(t_lo, t_hi):
+                        out_row[t] = ybuf[t - t_lo] + dd * u_row[t]
+            for n in range(n_state):
+                hlast[b, d, n] = h[n]
+
     @njit(**_JIT)
     def _scan_fwd_kernel(
         u, delta, A, Bt, Ct, Dv, z, dbias, h0,
@@ -264,61 +322,133 @@ if _HAVE_NUMBA:
 
         u, delta, z: (batch, dim, L); A: (dim, Np); Bt, Ct: (batch, G, L, Np); Dv, dbias: (dim,);
         h0: (batch, dim, Np). Writes out (batch, dim, L), ckpt (batch, dim, n_chunks, Np) = state
-        before each chunk, hlast (batch, dim, Np).
+        before each chunk, hlast (batch, dim, Np). Work items are (sequence, group, part of the
+        group's channels), spread over the threads.
         """
         batch, dim, seqlen = u.shape
         groups = Bt.shape[1]
-        n_state = A.shape[1]
         dim_per_group = dim // groups
-        n_chunks = ckpt.shape[2]
-        zero = typed_zero(A[0, 0])
         for item in prange(batch * groups * n_parts):
             b = item // (groups * n_parts)
             g = (item // n_parts) % groups
             part = item % n_parts
             d_lo = g * dim_per_group + (part * dim_per_group) // n_parts
             d_hi = g * dim_per_group + ((part + 1) * dim_per_group) // n_parts
-            n_ch = d_hi - d_lo
-            H = np.empty((max(n_ch, 1), n_state), dtype=A.dtype)
-            dtbuf = np.empty(chunk, dtype=A.dtype)  # delta after bias and softplus
-            gbuf = np.empty(chunk, dtype=A.dtype)  # silu(z)
+            _scan_fwd_channels(
+                u, delta, A, Bt, Ct, Dv, z, dbias, h0,
+                has_D, has_z, has_bias, use_softplus, has_h0,
+                chunk, out, ckpt, hlast, b, g, d_lo, d_hi,
+            )  # fmt: skip
+
+    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    def _scan_bwd_channels(
+        u, delta, A, Bt, Ct, Dv, z, dbias, ckpt, dout, dlast,
+        has_D, has_z, has_bias, use_softplus, has_dlast,
+        chunk, du, ddelta, dz, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc, dh0,
+        b, g, part, d_lo, d_hi,
+    ):  # fmt: skip
+        """Backward of channels [d_lo, d_hi) of sequence ``b`` (group ``g``, work item
+        ``part``), chunk by chunk from the last: recompute the chunk's states from its
+        checkpoint, then sweep back. A plain function, as for the forward."""
+        seqlen = u.shape[2]
+        n_state = A.shape[1]
+        n_chunks = ckpt.shape[2]
+        zero = typed_zero(A[0, 0])
+        one = typed_one(A[0, 0])
+        n_ch = d_hi - d_lo
+        m = max(n_ch, 1)
+        lam_all = np.empty((m, n_state), dtype=A.dtype)  # adjoint of the state, per channel
+        dA_loc = np.zeros((m, n_state), dtype=A.dtype)
+        dD_loc = np.zeros(m, dtype=A.dtype)
+        dbias_loc = np.zeros(m, dtype=A.dtype)
+        hbuf = np.empty((chunk + 1, n_state), dtype=A.dtype)  # hbuf[j + 1] = state after t_lo+j
+        abuf = np.empty((chunk, n_state), dtype=A.dtype)  # exp(dt * A) of each step
+        dtbuf = np.empty(chunk, dtype=A.dtype)
+        sigbuf = np.empty(chunk, dtype=A.dtype)  # d softplus / dx
+        zsig = np.empty(chunk, dtype=A.dtype)  # sigmoid(z)
+        dB_own = dB_acc[b, g, part]
+        dC_own = dC_acc[b, g, part]
+        for t in range(seqlen):
+            for n in range(n_state):
+                dB_own[t, n] = zero
+                dC_own[t, n] = zero
+        for c in range(n_ch):
+            for n in range(n_state):
+                lam_all[c, n] = dlast[b, d_lo + c, n] if has_dlast else zero
+        for ci in range(n_chunks - 1, -1, -1):
+            t_lo = ci * chunk
+            t_hi = min(t_lo + chunk, seqlen)
             for c in range(n_ch):
+                d = d_lo + c
+                a_row = A[d]
+                bias = dbias[d] if has_bias else zero
+                dd = Dv[d] if has_D else zero
+                # recompute the chunk's states and decays
                 for n in range(n_state):
-                    H[c, n] = h0[b, d_lo + c, n] if has_h0 else zero
-            for ci in range(n_chunks):
-                t_lo = ci * chunk
-                t_hi = min(t_lo + chunk, seqlen)
-                for c in range(n_ch):
-                    d = d_lo + c
-                    h = H[c]
-                    a_row = A[d]
+                    hbuf[0, n] = ckpt[b, d, ci, n]
+                _chunk_prepass_bwd(
+                    delta[b, d], z[b, d] if has_z else z[0, 0], bias, use_softplus, has_z,
+                    t_lo, t_hi, dtbuf, sigbuf, zsig,
+                )  # fmt: skip
+                for t in range(t_lo, t_hi):
+                    j = t - t_lo
+                    dt = dtbuf[j]
+                    dtu = dt * u[b, d, t]
+                    b_row = Bt[b, g, t]
                     for n in range(n_state):
-                        ckpt[b, d, ci, n] = h[n]
-                    bias = dbias[d] if has_bias else zero
-                    dd = Dv[d] if has_D else zero
-                    _chunk_prepass(
-                        delta[b, d], z[b, d] if has_z else z[0, 0], bias, use_softplus, has_z,
-                        t_lo, t_hi, dtbuf, gbuf,
-                    )  # fmt: skip
-                    for t in range(t_lo, t_hi):
-                        j = t - t_lo
-                        dt = dtbuf[j]
-                        ut = u[b, d, t]
-                        dtu = dt * ut
-                        b_row = Bt[b, g, t]
-                        c_row = Ct[b, g, t]
+                        a = fast_exp(dt * a_row[n])
+                        abuf[j, n] = a
+                        hbuf[j + 1, n] = a * hbuf[j, n] + dtu * b_row[n]
+                # sweep backwards
+                lam = lam_all[c]
+                dA_row = dA_loc[c]
+                for t in range(t_hi - 1, t_lo - 1, -1):
+                    j = t - t_lo
+                    dt = dtbuf[j]
+                    ut = u[b, d, t]
+                    dtu = dt * ut
+                    b_row = Bt[b, g, t]
+                    c_row = Ct[b, g, t]
+                    dC_row = dC_own[t]
+                    dB_row = dB_own[t]
+                    h_new = hbuf[j + 1]
+                    h_old = hbuf[j]
+                    a_j = abuf[j]
+                    dy = dout[b, d, t]
+                    if has_z:
                         y = zero
                         for n in range(n_state):
-                            hn = fast_exp(dt * a_row[n]) * h[n] + dtu * b_row[n]
-                            h[n] = hn
-                            y += c_row[n] * hn
+                            y += c_row[n] * h_new[n]
                         y += dd * ut
-                        if has_z:
-                            y = y * gbuf[j]
-                        out[b, d, t] = y
-            for c in range(n_ch):
-                for n in range(n_state):
-                    hlast[b, d_lo + c, n] = H[c, n]
+                        zt = z[b, d, t]
+                        sz = zsig[j]
+                        dz[b, d, t] = dy * y * sz * (one + zt * (one - sz))
+                        dy = dy * zt * sz
+                    dD_loc[c] += dy * ut
+                    ddt = zero
+                    lam_b = zero
+                    for n in range(n_state):
+                        ln = lam[n] + dy * c_row[n]
+                        dC_row[n] += dy * h_new[n]
+                        ah = a_j[n] * h_old[n]
+                        ddt += ln * a_row[n] * ah
+                        dA_row[n] += ln * dt * ah
+                        lam_b += ln * b_row[n]
+                        dB_row[n] += ln * dtu
+                        lam[n] = ln * a_j[n]
+                    du[b, d, t] = dy * dd + lam_b * dt
+                    ddt += lam_b * ut
+                    if use_softplus:
+                        ddt = ddt * sigbuf[j]
+                    ddelta[b, d, t] = ddt
+                    dbias_loc[c] += ddt
+        for c in range(n_ch):
+            d = d_lo + c
+            for n in range(n_state):
+                dh0[b, d, n] = lam_all[c, n]
+                dA_acc[b, d, n] = dA_loc[c, n]
+            dD_acc[b, d] = dD_loc[c]
+            dbias_acc[b, d] = dbias_loc[c]
 
     @njit(**_JIT)
     def _scan_bwd_kernel(
@@ -336,111 +466,19 @@ if _HAVE_NUMBA:
         """
         batch, dim, seqlen = u.shape
         groups = Bt.shape[1]
-        n_state = A.shape[1]
         dim_per_group = dim // groups
-        n_chunks = ckpt.shape[2]
-        zero = typed_zero(A[0, 0])
-        one = typed_one(A[0, 0])
         for item in prange(batch * groups * n_parts):
             b = item // (groups * n_parts)
             g = (item // n_parts) % groups
             part = item % n_parts
             d_lo = g * dim_per_group + (part * dim_per_group) // n_parts
             d_hi = g * dim_per_group + ((part + 1) * dim_per_group) // n_parts
-            n_ch = d_hi - d_lo
-            m = max(n_ch, 1)
-            lam_all = np.empty((m, n_state), dtype=A.dtype)  # adjoint of the state, per channel
-            dA_loc = np.zeros((m, n_state), dtype=A.dtype)
-            dD_loc = np.zeros(m, dtype=A.dtype)
-            dbias_loc = np.zeros(m, dtype=A.dtype)
-            hbuf = np.empty((chunk + 1, n_state), dtype=A.dtype)  # hbuf[j + 1] = state after t_lo+j
-            abuf = np.empty((chunk, n_state), dtype=A.dtype)  # exp(dt * A) of each step
-            dtbuf = np.empty(chunk, dtype=A.dtype)
-            sigbuf = np.empty(chunk, dtype=A.dtype)  # d softplus / dx
-            zsig = np.empty(chunk, dtype=A.dtype)  # sigmoid(z)
-            dB_own = dB_acc[b, g, part]
-            dC_own = dC_acc[b, g, part]
-            for t in range(seqlen):
-                for n in range(n_state):
-                    dB_own[t, n] = zero
-                    dC_own[t, n] = zero
-            for c in range(n_ch):
-                for n in range(n_state):
-                    lam_all[c, n] = dlast[b, d_lo + c, n] if has_dlast else zero
-            for ci in range(n_chunks - 1, -1, -1):
-                t_lo = ci * chunk
-                t_hi = min(t_lo + chunk, seqlen)
-                for c in range(n_ch):
-                    d = d_lo + c
-                    a_row = A[d]
-                    bias = dbias[d] if has_bias else zero
-                    dd = Dv[d] if has_D else zero
-                    # recompute the chunk's states and decays
-                    for n in range(n_state):
-                        hbuf[0, n] = ckpt[b, d, ci, n]
-                    _chunk_prepass_bwd(
-                        delta[b, d], z[b, d] if has_z else z[0, 0], bias, use_softplus, has_z,
-                        t_lo, t_hi, dtbuf, sigbuf, zsig,
-                    )  # fmt: skip
-                    for t in range(t_lo, t_hi):
-                        j = t - t_lo
-                        dt = dtbuf[j]
-                        dtu = dt * u[b, d, t]
-                        b_row = Bt[b, g, t]
-                        for n in range(n_state):
-                            a = fast_exp(dt * a_row[n])
-                            abuf[j, n] = a
-                            hbuf[j + 1, n] = a * hbuf[j, n] + dtu * b_row[n]
-                    # sweep backwards
-                    lam = lam_all[c]
-                    dA_row = dA_loc[c]
-                    for t in range(t_hi - 1, t_lo - 1, -1):
-                        j = t - t_lo
-                        dt = dtbuf[j]
-                        ut = u[b, d, t]
-                        dtu = dt * ut
-                        b_row = Bt[b, g, t]
-                        c_row = Ct[b, g, t]
-                        dC_row = dC_own[t]
-                        dB_row = dB_own[t]
-                        h_new = hbuf[j + 1]
-                        h_old = hbuf[j]
-                        a_j = abuf[j]
-                        dy = dout[b, d, t]
-                        if has_z:
-                            y = zero
-                            for n in range(n_state):
-                                y += c_row[n] * h_new[n]
-                            y += dd * ut
-                            zt = z[b, d, t]
-                            sz = zsig[j]
-                            dz[b, d, t] = dy * y * sz * (one + zt * (one - sz))
-                            dy = dy * zt * sz
-                        dD_loc[c] += dy * ut
-                        ddt = zero
-                        lam_b = zero
-                        for n in range(n_state):
-                            ln = lam[n] + dy * c_row[n]
-                            dC_row[n] += dy * h_new[n]
-                            ah = a_j[n] * h_old[n]
-                            ddt += ln * a_row[n] * ah
-                            dA_row[n] += ln * dt * ah
-                            lam_b += ln * b_row[n]
-                            dB_row[n] += ln * dtu
-                            lam[n] = ln * a_j[n]
-                        du[b, d, t] = dy * dd + lam_b * dt
-                        ddt += lam_b * ut
-                        if use_softplus:
-                            ddt = ddt * sigbuf[j]
-                        ddelta[b, d, t] = ddt
-                        dbias_loc[c] += ddt
-            for c in range(n_ch):
-                d = d_lo + c
-                for n in range(n_state):
-                    dh0[b, d, n] = lam_all[c, n]
-                    dA_acc[b, d, n] = dA_loc[c, n]
-                dD_acc[b, d] = dD_loc[c]
-                dbias_acc[b, d] = dbias_loc[c]
+            _scan_bwd_channels(
+                u, delta, A, Bt, Ct, Dv, z, dbias, ckpt, dout, dlast,
+                has_D, has_z, has_bias, use_softplus, has_dlast,
+                chunk, du, ddelta, dz, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc, dh0,
+                b, g, part, d_lo, d_hi,
+            )  # fmt: skip
 
 
 def _compute_dtype(u: Tensor) -> torch.dtype:
