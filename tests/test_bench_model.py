@@ -55,9 +55,29 @@ def test_latency_cells_against_a_same_size_llama(tmp_path) -> None:
         out_dir=tmp_path, quick=True, isolate=False,
     )  # fmt: skip
     rows = {r["impl"]: r for r in result["rows"]}
-    assert set(rows) == {"memmamba", "llama"}  # HF Mamba has no chunked cached prefill
-    assert rows["memmamba"]["new_tokens"] == rows["llama"]["new_tokens"] > 0
+    assert set(rows) == {"memmamba", "llama", "hf"}
+    assert rows["memmamba"]["new_tokens"] == rows["llama"]["new_tokens"] == rows["hf"]["new_tokens"]
     assert rows["memmamba"]["x_vs_llama"] > 0
+
+
+@pytest.mark.parametrize("impl", ["hf", "llama", "mamba"])
+def test_prefill_leaves_a_cache_that_continues_the_prompt(impl) -> None:
+    """The latency and decode cells decode from ``_prefill``'s cache: the next token's logits
+    must equal a full forward's (transformers' Mamba restarts its state on a multi-token call
+    with a cache, so it is prefilled in one call)."""
+    import torch
+
+    from memmamba.bench.model import _prefill, build_models
+
+    shape = dict(SHAPES["small"], num_hidden_layers=2)
+    model = build_models(shape, impl)
+    ids = torch.randint(0, shape["vocab_size"], (1, 41), generator=torch.Generator().manual_seed(0))
+    cache, last = _prefill(impl, model, ids[:, :40], chunk=16)
+    with torch.inference_mode():
+        full = model(ids, use_cache=False).logits
+        step = model(ids[:, 40:], cache=cache, use_cache=True).logits
+    torch.testing.assert_close(last[:, -1], full[:, 39], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step[:, -1], full[:, 40], atol=1e-4, rtol=1e-4)
 
 
 def test_device_is_checked_before_any_cell_runs() -> None:

@@ -236,13 +236,17 @@ def _forward_fn(impl: str, model, ids, mode: str, chunk: int | None = None):
 
 
 def _prefill(impl: str, model, ids, chunk: int):
-    """Run the prompt (ours, HF Mamba or Llama) in chunks that carry the state / KV cache;
-    returns (cache, logits of the last position (batch, 1, V))."""
+    """Run the prompt (ours or Llama in chunks that carry the state / KV cache; transformers'
+    Mamba in one call, as a multi-token call with its cache restarts the state instead of
+    continuing it); returns (cache, logits of the last position (batch, 1, V))."""
     import torch
 
     with torch.inference_mode():
         if impl in OURS:  # the model's own chunked prefill
             out = model(ids, use_cache=True, logits_to_keep=1, prefill_chunk_size=chunk)
+            return out.cache, out.logits
+        if impl == "hf":
+            out = model(ids, use_cache=True, logits_to_keep=1)
             return out.cache, out.logits
         cache = None
         for start in range(0, ids.shape[1], chunk):
@@ -349,7 +353,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     n_rep = spec["repeats"]
     if first * n_rep > spec["budget_s"]:
         n_rep = max(1, int(spec["budget_s"] / max(first, 1e-9)))
-    times = []
+    times = [] if n_rep else [first]  # repeats 0: the first call is the timed one
     for _ in range(n_rep):
         t0 = time.perf_counter()
         fn()
@@ -457,6 +461,8 @@ def run_model_bench(
     on that device); the paper's latency figure was taken on a GPU.
     """
     device = _checked_device(device)
+    if repeats < 0:
+        raise ValueError(f"repeats = {repeats}; expected >= 0 (0 times the first call itself)")
     if quick:
         lengths = QUICK_LENGTHS
         decode_lengths = QUICK_LENGTHS
@@ -479,8 +485,8 @@ def run_model_bench(
                         continue
                     if impl == "mambapy" and mode == "decode" and length != min(decode_lengths):
                         continue  # mambapy decodes from an empty state: once is enough
-                    if mode == "latency" and impl in ("mambapy", "hf"):
-                        continue  # no chunked cached prefill (transformers' Mamba restarts it)
+                    if mode == "latency" and impl == "mambapy":
+                        continue  # no cached prefill in mambapy
                     if mode == "fwdbwd" and impl == "llama":
                         continue
                     spec = dict(impl=impl, shape=shape, mode=mode, L=length, batch=batch,
@@ -671,7 +677,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--repeats", type=int, default=3,
+        help="timed calls after one untimed warm-up; 0 times the first call itself, for cells "
+        "too long to run twice (the numba kernels are still compiled on a short call first)",
+    )  # fmt: skip
     p.add_argument("--out-dir", default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--peer-budget-s", type=float, default=PEER_BUDGET_S)
