@@ -220,3 +220,53 @@ def test_fused_step_output_is_a_regular_model_output():
     assert out == want
     plain = model(ids[:, PROMPT:], cache_params=cache, return_dict=False)
     assert isinstance(plain, tuple) and plain[1] is cache
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+@torch.no_grad()
+def test_threaded_step_is_bit_identical_to_one_thread(use_memory):
+    """Widths that give every GEMV and channel loop several blocks, so the threads really split
+    them; 3 threads on numba's 2 also runs two workers one after the other in one thread (the
+    claim-based phases must not wait for a worker that has not started)."""
+    model = tiny_model(
+        memory=use_memory, use_memory=use_memory, hidden_size=96, vocab_size=300, use_bias=True
+    )
+    ids = torch.randint(0, 300, (2, PROMPT + STEPS))
+    results = {}
+    for threads in (1, 2, 3):
+        model.config.decode_threads = threads
+        out = model(ids[:, :PROMPT], use_cache=True)
+        cache, logits = out.cache, []
+        for t in range(PROMPT, ids.shape[1]):
+            if t == PROMPT + 1:
+                packed = cache._fused
+                assert packed.threads == fast_decode.decode_threads(model.config)
+                packed.threads = threads  # beyond numba's threads: workers run in turn
+            logits.append(model(ids[:, t : t + 1], cache_params=cache).logits)
+        results[threads] = (torch.cat(logits, 1), cache)
+    base, base_cache = results[1]
+    for threads in (2, 3):
+        logits, cache = results[threads]
+        torch.testing.assert_close(logits, base, rtol=0, atol=0)
+        for la, lb in zip(cache.layers, base_cache.layers, strict=True):
+            torch.testing.assert_close(la.ssm, lb.ssm, rtol=0, atol=0)
+            torch.testing.assert_close(la.conv, lb.conv, rtol=0, atol=0)
+            if la.pool is not None:
+                for name, ta in la.pool.tensors().items():
+                    torch.testing.assert_close(ta, getattr(lb.pool, name), rtol=0, atol=0)
+    model.config.fused_decode = False
+    plain = model(ids, use_cache=False).logits[:, PROMPT:]
+    torch.testing.assert_close(base, plain, rtol=0, atol=ATOL)
+
+
+def test_decode_threads_setting():
+    from memmamba.models import MemMambaConfig
+
+    assert MemMambaConfig(decode_threads=None).decode_threads is None
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="decode_threads"):
+            MemMambaConfig(decode_threads=bad)
+    config = MemMambaConfig(decode_threads=1)
+    assert fast_decode.decode_threads(config) == 1
+    config.decode_threads = 64
+    assert fast_decode.decode_threads(config) == fast_decode.numba_threads()

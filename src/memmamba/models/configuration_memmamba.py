@@ -86,6 +86,10 @@ class MemMambaConfig(PretrainedConfig):
     - ``scan_backend`` (None = automatic): backend of ``memmamba.ops.selective_scan_fn``.
     - ``fused_decode`` (True, ours): one-token cached calls in fp32 CPU inference run the whole
       layer as one numba kernel (``memmamba.models.fast_decode``); False keeps the torch path.
+    - ``decode_threads`` (None = automatic, ours): threads of that kernel. Automatic uses
+      ``min(torch.get_num_threads(), 4)`` when numba's threading layer is OpenMP or TBB, else 1;
+      the threads spin while they wait for each other, so on cores that other processes keep
+      busy 1 can be faster. Results are bit-identical for any value.
     """
 
     model_type = "memmamba"
@@ -137,6 +141,7 @@ class MemMambaConfig(PretrainedConfig):
     fusion_init: float = 0.0
     scan_backend: str | None = None
     fused_decode: bool = True
+    decode_threads: int | None = None
 
     def __post_init__(self, **kwargs):
         for field in ("hidden_size", "expand"):
@@ -196,6 +201,11 @@ class MemMambaConfig(PretrainedConfig):
                 _fail(field, getattr(self, field), "True or False")
         if self.time_step_init_scheme not in TIME_STEP_INIT_SCHEMES:
             _fail("time_step_init_scheme", self.time_step_init_scheme, str(TIME_STEP_INIT_SCHEMES))
+        threads = self.decode_threads
+        if threads is not None and (
+            not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+        ):
+            _fail("decode_threads", threads, "None (automatic) or a positive integer")
         for field in ("summary_size", "pool_size", "note_window", "note_period", "memory_heads"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -29,7 +29,7 @@ from ..layers.note_pool import PoolState
 from ..ops import decode_step as kernels
 from .cache import MemMambaCache
 
-__all__ = ["applies", "decode_step"]
+__all__ = ["applies", "decode_step", "decode_threads", "numba_threads"]
 
 _KNOWN_TORCH_MODULES = (nn.Linear, nn.Conv1d, nn.Embedding, nn.ModuleList)
 _POOL_FIELDS = ("notes", "valid", "scores", "write_index", "run_note", "run_score")
@@ -109,6 +109,42 @@ def _model_supported(model: nn.Module) -> bool:
     )
 
 
+AUTO_DECODE_THREADS_MAX = 4
+"""Cap of ``decode_threads=None``: one token's GEMVs are too small to feed more threads."""
+
+
+def _threading_layer() -> str | None:
+    """numba's threading layer, or None before its first parallel launch (or without numba)."""
+    try:
+        import numba
+
+        return numba.threading_layer()
+    except (ImportError, ValueError):
+        return None
+
+
+def numba_threads() -> int:
+    """numba's thread count (1 without numba)."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - exercised only without numba
+        return 1
+    return numba.get_num_threads()
+
+
+def decode_threads(config) -> int:
+    """Threads for the fused step: ``config.decode_threads``, or automatically up to
+    ``AUTO_DECODE_THREADS_MAX`` of torch's; never more than numba's, and 1 under numba's
+    ``workqueue`` layer (its launch costs more than a token)."""
+    wanted = config.decode_threads
+    if wanted is None:
+        wanted = min(torch.get_num_threads(), AUTO_DECODE_THREADS_MAX)
+    wanted = min(wanted, numba_threads())
+    if wanted < 2 or _threading_layer() == "workqueue":
+        return 1
+    return wanted
+
+
 @dataclass
 class _Packed:
     """What the kernel reads, built on the first fused step of a cache."""
@@ -120,6 +156,11 @@ class _Packed:
     """``model_step``'s per-layer weights (``decode_step.packed``)."""
     constants: object
     """Its embeddings, memory switch, window-closing scalars and head."""
+    plan: object = None
+    """``decode_step.project_notes``'s entries (``_projection_plan``)."""
+    cross_table_rows: int = 0
+    threads: int = 1
+    """Threads of ``model_step_threads`` (1: ``model_step``)."""
     layer_states: list[LayerState] = ()
     seen: torch.Tensor | None = None
     states: object = None
@@ -158,10 +199,9 @@ def _mixer_weights(mixer) -> tuple:
 
 
 def _attention_weights(attn, fusion) -> tuple:
+    """Query and fusion weights (the key and value projections go to ``_projection_plan``)."""
     return (
         _np(attn.q_proj.weight),
-        _np(attn.k_proj.weight),
-        _np(attn.v_proj.weight),
         kernels.FUSION_CODES[fusion.kind],
         _np(fusion.out_proj.weight),
         _np(fusion.alpha) if fusion.alpha is not None else _dummy(1),
@@ -170,17 +210,18 @@ def _attention_weights(attn, fusion) -> tuple:
     )
 
 
-_NO_ATTENTION = (_dummy(2), _dummy(2), _dummy(2), 0, _dummy(2), _dummy(1), _dummy(2), _dummy(1))
+_NO_ATTENTION = (_dummy(2), 0, _dummy(2), _dummy(1), _dummy(2), _dummy(1))
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
-def _memory_weights(config, memory, layer_idx: int) -> tuple:
+def _memory_weights(config, memory, layer_idx: int, cross_rows: np.ndarray) -> tuple:
     """The memory part of ``layer_step``'s arguments (after the mixer weights)."""
     if memory is None:
         return (
             _dummy(2), _dummy(1), 0, _dummy(1), 0.0,
             0, _dummy(1), 0.0, 0.0, 1, 0,
             1, *_NO_ATTENTION, np.array([layer_idx], dtype=np.int64),
-            False, *_NO_ATTENTION, np.zeros(0, dtype=np.int64),
+            False, *_NO_ATTENTION, _NO_ROWS, _NO_ROWS,
         )  # fmt: skip
     notes, gate = memory.notes, memory.gate
     scorer = notes.scorer
@@ -203,7 +244,36 @@ def _memory_weights(config, memory, layer_idx: int) -> tuple:
         cross,
         *(_attention_weights(memory.layer_attn, memory.layer_fusion) if cross else _NO_ATTENTION),
         np.array(memory.sources, dtype=np.int64),
+        cross_rows,
     )
+
+
+def _cross_rows(backbone) -> list[np.ndarray]:
+    """Each layer's rows in the cross-layer projection tables: one per (layer, source pool)."""
+    rows, start = [], 0
+    for block in backbone.layers:
+        memory = block.memory
+        count = len(memory.sources) if memory is not None and memory.layer_attn is not None else 0
+        rows.append(np.arange(start, start + count, dtype=np.int64))
+        start += count
+    return rows
+
+
+def _projection_plan(backbone, cross_rows: list[np.ndarray]):
+    """``decode_step.project_notes``'s entries: (pool layer, table, row, W_k, W_v) for every
+    attention that reads a pool (a never-read placeholder for a model without memory)."""
+    plan = []
+    for i, block in enumerate(backbone.layers):
+        memory = block.memory
+        if memory is None:
+            continue
+        attn = memory.token_attn
+        plan.append((i, 0, i, _np(attn.k_proj.weight), _np(attn.v_proj.weight)))
+        if memory.layer_attn is not None:
+            k_w, v_w = _np(memory.layer_attn.k_proj.weight), _np(memory.layer_attn.v_proj.weight)
+            for row, source in zip(cross_rows[i], memory.sources, strict=True):
+                plan.append((int(source), 1, int(row), k_w, v_w))
+    return kernels.packed(plan or [(0, 0, 0, _dummy(2), _dummy(2))])
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -225,11 +295,22 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
         }
         pools = [PoolState(**{n: stacked[n][i] for n in _POOL_FIELDS}) for i in range(len(layers))]
         pool_arrays = tuple(stacked[name].numpy() for name in _POOL_FIELDS)
+        notes = pool_arrays[0]
+        n_layers, batch, slots, width = notes.shape
+        cross = max(packed.cross_table_rows, 1)
+        tables = tuple(
+            np.zeros((rows, batch, slots, width), dtype=np.float32)
+            for rows in (n_layers, n_layers, cross, cross)
+        )
+        inserted = np.zeros((n_layers, batch), dtype=np.int64)
+        kernels.project_notes(packed.plan, notes, inserted[:0], *tables)
     else:
         pools = [None] * len(layers)
         pool_arrays = (
             _dummy(4), _dummy(3, np.bool_), _dummy(3), _dummy(2, np.int64), _dummy(3), _dummy(2)
         )  # fmt: skip
+        tables = (_dummy(4), _dummy(4), _dummy(4), _dummy(4))
+        inserted = _dummy(2, np.int64)
     cache.layers = [
         LayerState(conv=convs[i], ssm=ssms[i], pool=pools[i]) for i in range(len(layers))
     ]
@@ -251,6 +332,8 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
                 run_score,
                 scores,
                 write_index,
+                tables,
+                inserted,
             )  # fmt: skip
         ]
     )
@@ -274,12 +357,13 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
     if packed is None or packed.model is not model:
         backbone = model.backbone
         config = model.config
+        cross_rows = _cross_rows(backbone)
         weights = [
             (
                 _np(block.norm.weight),
                 float(block.norm.variance_epsilon),
                 *_mixer_weights(block.mixer),
-                *_memory_weights(config, block.memory, i),
+                *_memory_weights(config, block.memory, i, cross_rows[i]),
             )
             for i, block in enumerate(backbone.layers)
         ]
@@ -297,6 +381,9 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
             vocab_size=config.vocab_size,
             layers=kernels.packed(weights),
             constants=kernels.packed([constants]),
+            plan=_projection_plan(backbone, cross_rows),
+            cross_table_rows=sum(len(rows) for rows in cross_rows),
+            threads=decode_threads(config),
         )
         cache._fused = packed
         _pack_states(model, cache, packed)
@@ -316,9 +403,18 @@ def decode_step(model: nn.Module, input_ids: torch.Tensor, cache: MemMambaCache)
     """
     packed = _pack(model, cache)
     logits = torch.empty(input_ids.shape[0], packed.vocab_size, dtype=torch.float32)
-    bad = kernels.model_step(
-        input_ids.numpy()[:, 0], logits.numpy(), packed.layers, packed.states, packed.constants
-    )
+    ids = input_ids.numpy()[:, 0]
+    if packed.threads > 1:
+        bad = kernels.model_step_threads(
+            ids, logits.numpy(), packed.layers, packed.plan, packed.states, packed.constants,
+            packed.threads,
+        )  # fmt: skip
+        if _threading_layer() == "workqueue":  # chosen at the first launch: slower than one
+            packed.threads = 1
+    else:
+        bad = kernels.model_step(
+            ids, logits.numpy(), packed.layers, packed.plan, packed.states, packed.constants
+        )
     if bad >= 0:
         model.backbone._check_ids(input_ids)  # raises the model's usual error
     return logits

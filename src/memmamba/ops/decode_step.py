@@ -7,17 +7,29 @@ the result to the residual stream in place. ``close_windows`` then inserts the n
 windows that the token closed into the pools of every layer (after all layers have read them,
 so a window's own note is never visible to its tokens). ``final_logits`` applies the final
 norm and the language-model head. ``model_step`` runs all of it, embedding included, in one
-call.
+call; ``model_step_threads`` runs it on several threads at once.
+
+Threads share a token by phases: each GEMV's rows and each channel loop (conv, SSM update) are
+cut into blocks that the threads claim from an atomic counter, and a thread moves to the next
+phase once every block of the current one is done. A thread only ever waits for blocks that a
+running thread has claimed, so any number of threads (one included, and a pool that runs the
+``prange`` iterations one after another) completes the step; every block computes the same sums
+in the same order as one thread would, so the results are bit-identical. The waits spin: on a
+core that another process occupies, a step can stall for a scheduler time slice, which is why
+the thread count is a setting (``MemMambaConfig.decode_threads``).
 
 At decode the torch path pays ~150 small tensor dispatches per token; ``model_step`` pays one
-call per token. Attention over a pool folds the key and value projections into the query and
-the output (``q.(W_k s) = (W_k^T q).s``, ``sum p W_v s = W_v sum p s``): the same function, to
-float rounding, at a tenth of the FLOPs. The slow references are the batched torch forward and
+call per token. The notes' key and value projections live in tables beside the pools
+(``project_notes``): a note is projected once, when its window closes, by every attention that
+reads its pool, so a token's attention over k notes costs 2 k S multiply-adds instead of
+projecting every note again. The slow references are the batched torch forward and
 ``memmamba.layers.reference`` (tests compare them).
 
 Layouts: states and pools are updated in place; pool arrays hold every layer,
 ``notes (layers, B, k, S)``, ``valid (layers, B, k)``, ``scores (layers, B, k)``,
-``write_index (layers, B)``, ``run_note (layers, B, S)``, ``run_score (layers, B)``.
+``write_index (layers, B)``, ``run_note (layers, B, S)``, ``run_score (layers, B)``; the
+projection tables are ``(rows, B, k, S)``: row l of the token tables is layer l's projection
+of its own pool, the cross-layer tables have one row per (reading layer, source pool) pair.
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ from .selective_scan.cpu import fast_exp, sigmoid, softplus
 
 try:
     from llvmlite import ir
-    from numba import njit, types
+    from numba import njit, prange, types
+    from numba.core import cgutils
     from numba.extending import intrinsic, overload
     from numba.typed import List as NumbaList
 
@@ -49,7 +62,9 @@ __all__ = [
     "layer_step",
     "mixer_core",
     "model_step",
+    "model_step_threads",
     "packed",
+    "project_notes",
 ]
 
 FUSION_CODES = {"weighted": 0, "gated": 1, "residual": 2}
@@ -59,6 +74,14 @@ REPLACEMENT_CODES = {"fifo": 0, "priority": 1}
 
 # No nnan / ninf: running maxima start at -inf.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+GEMV_BLOCK_ROWS = 64
+"""Rows of a weight matrix per claimable block when the threads split a GEMV."""
+CHANNEL_BLOCK = 128
+"""Inner channels per claimable block of the conv and the SSM update."""
+PHASES_PER_LAYER = 6
+"""Phases of one layer for one sequence: norm + memory, in_proj, conv, x_proj, SSM, out_proj."""
+_COUNTER_BYTES = 8
 
 
 def is_available() -> bool:
@@ -103,15 +126,93 @@ if _HAVE_NUMBA:
             return lambda w: _bf16_bits_to_float32(w)
         return lambda w: w
 
+    @intrinsic
+    def _atomic_add(typingctx, counters, index, value):
+        """counters[index] += value as one sequentially consistent atomic; returns the old
+        value. counters: a 1-D int64 array."""
+        sig = types.int64(counters, index, value)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, value=args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+            return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+
+        return sig, codegen
+
+    @intrinsic
+    def _atomic_load(typingctx, counters, index):
+        """counters[index] read with acquire ordering (sees every write made before the
+        atomic add that stored it)."""
+        sig = types.int64(counters, index)
+
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, value=args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+            return builder.load_atomic(ptr, "acquire", _COUNTER_BYTES)
+
+        return sig, codegen
+
     @_jit
-    def _gemv(w, x, out):
-        """out (n,) = w (n, m) @ x (m,); w float32 or bfloat16 bits (uint16)."""
-        n, m = w.shape
-        for i in range(n):
+    def _claim(sync, phase):
+        """The next unclaimed block of ``phase`` (>= its block count once all are taken)."""
+        return _atomic_add(sync, 2 * phase, 1)
+
+    @_jit
+    def _block_done(sync, phase):
+        _atomic_add(sync, 2 * phase + 1, 1)
+
+    @_jit
+    def _wait(sync, phase, blocks):
+        """Spin until all ``blocks`` of ``phase`` are done. Only blocks that a running thread
+        has claimed are waited for, so this cannot deadlock whatever number of threads (one
+        included) runs the phases."""
+        while _atomic_load(sync, 2 * phase + 1) < blocks:
+            pass
+
+    @_jit
+    def _serial(sync, phase):
+        """Whether this thread runs the single block of a one-block phase."""
+        return _claim(sync, phase) == 0
+
+    @_jit
+    def _gemv_rows(w, x, out, lo, hi):
+        """out[lo:hi] = w[lo:hi] @ x; w (n, m) float32 or bfloat16 bits (uint16), x (m,)."""
+        m = w.shape[1]
+        for i in range(lo, hi):
             s = np.float32(0.0)
             for j in range(m):
                 s += weight_value(w[i, j]) * x[j]
             out[i] = s
+
+    @_jit
+    def _gemv(w, x, out):
+        """out (n,) = w (n, m) @ x (m,); w float32 or bfloat16 bits (uint16)."""
+        _gemv_rows(w, x, out, 0, w.shape[0])
+
+    @_jit
+    def _gemv_phase(sync, phase, w, x, out, bias, has_bias, acc):
+        """out = w @ x (+ bias), or acc += w @ x (+ bias) when ``acc`` is non-empty (out is
+        then scratch), with the rows in blocks that the threads claim; returns the next
+        phase. w (n, m), x (m,), out / bias (n,)."""
+        n = w.shape[0]
+        blocks = (n + GEMV_BLOCK_ROWS - 1) // GEMV_BLOCK_ROWS
+        i = _claim(sync, phase)
+        while i < blocks:
+            lo = i * GEMV_BLOCK_ROWS
+            hi = min(n, lo + GEMV_BLOCK_ROWS)
+            _gemv_rows(w, x, out, lo, hi)
+            if has_bias:
+                for r in range(lo, hi):
+                    out[r] += bias[r]
+            if acc.shape[0] == n:
+                for r in range(lo, hi):
+                    acc[r] += out[r]
+            _block_done(sync, phase)
+            i = _claim(sync, phase)
+        _wait(sync, phase, blocks)
+        return phase + 1
 
     @_jit
     def _rmsnorm(h, weight, eps, out):
@@ -125,74 +226,87 @@ if _HAVE_NUMBA:
             out[j] = weight[j] * (h[j] * inv)
 
     @_jit
-    def _attend(x, q_w, k_w, v_w, heads, notes, valid, layers, b, ctx):
-        """Multi-head attention of one query over the valid notes of some layers' pools.
+    def _attend(x, q_w, heads, keys, values, rows, pools, valid, b, ctx):
+        """Multi-head attention of one query over the valid notes of some pools, reading the
+        notes' key and value projections from tables kept beside the pools.
 
-        x (d,) query source; q_w (S, d), k_w, v_w (S, S); notes (L, B, k, S); valid (L, B, k);
-        layers: pool layers to read. Writes ctx (S,) (zeros for an empty pool); returns
-        whether any note was valid. The valid notes are first copied into one contiguous
-        (M, S) block so that every loop below is a plain vectorisable one."""
+        x (d,) query source; q_w (S, d); keys, values (P, B, k, S) projection tables;
+        rows: the table rows to read, pools: the pool layer of each (for ``valid``
+        (L, B, k)). Writes ctx (S,) (zeros for no valid note); returns whether any note was
+        valid."""
         width = q_w.shape[0]
         dh = width // heads
-        slots = notes.shape[2]
+        slots = keys.shape[2]
         count = 0
-        for li in range(layers.shape[0]):
+        for i in range(rows.shape[0]):
             for m in range(slots):
-                if valid[layers[li], b, m]:
+                if valid[pools[i], b, m]:
                     count += 1
-        for i in range(width):
-            ctx[i] = 0.0
+        for j in range(width):
+            ctx[j] = 0.0
         if count == 0:
             return False
-        sel = np.empty((count, width), dtype=np.float32)
-        row = 0
-        for li in range(layers.shape[0]):
-            for m in range(slots):
-                if valid[layers[li], b, m]:
-                    for j in range(width):
-                        sel[row, j] = notes[layers[li], b, m, j]
-                    row += 1
         q = np.empty(width, dtype=np.float32)
         _gemv(q_w, x, q)
-        q_fold = np.zeros((heads, width), dtype=np.float32)  # W_k[head rows]^T q_head
-        for r in range(width):
-            h = r // dh
-            qr = q[r]
-            for j in range(width):
-                q_fold[h, j] += k_w[r, j] * qr
         scale = np.float32(1.0 / math.sqrt(dh))
+        for j in range(width):
+            q[j] *= scale
         probs = np.empty((heads, count), dtype=np.float32)
+        top = np.full(heads, -np.inf, dtype=np.float32)
+        m_i = 0
+        for i in range(rows.shape[0]):
+            for m in range(slots):
+                if valid[pools[i], b, m]:
+                    key = keys[rows[i], b, m]
+                    for h in range(heads):
+                        s = np.float32(0.0)
+                        for j in range(h * dh, (h + 1) * dh):
+                            s += q[j] * key[j]
+                        probs[h, m_i] = s
+                        if s > top[h]:
+                            top[h] = s
+                    m_i += 1
         for h in range(heads):
-            top = -np.inf
-            for m in range(count):
-                s = np.float32(0.0)
-                for j in range(width):
-                    s += sel[m, j] * q_fold[h, j]
-                s *= scale
-                probs[h, m] = s
-                if s > top:
-                    top = s
             total = np.float32(0.0)
-            for m in range(count):
-                e = fast_exp(probs[h, m] - top)
-                probs[h, m] = e
+            for n in range(count):
+                e = fast_exp(probs[h, n] - top[h])
+                probs[h, n] = e
                 total += e
             inv = np.float32(1.0) / total
-            for m in range(count):
-                probs[h, m] *= inv
-        weighted = np.zeros((heads, width), dtype=np.float32)  # sum_m p_m s_m per head
-        for m in range(count):
-            for h in range(heads):
-                p = probs[h, m]
-                for j in range(width):
-                    weighted[h, j] += p * sel[m, j]
-        for r in range(width):  # ctx_head = W_v[head rows] weighted_head
-            h = r // dh
-            s = np.float32(0.0)
-            for j in range(width):
-                s += v_w[r, j] * weighted[h, j]
-            ctx[r] = s
+            for n in range(count):
+                probs[h, n] *= inv
+        m_i = 0
+        for i in range(rows.shape[0]):
+            for m in range(slots):
+                if valid[pools[i], b, m]:
+                    value = values[rows[i], b, m]
+                    for h in range(heads):
+                        p = probs[h, m_i]
+                        for j in range(h * dh, (h + 1) * dh):
+                            ctx[j] += p * value[j]
+                    m_i += 1
         return True
+
+    @_jit
+    def project_notes(plan, notes, inserted, keys, values, cross_keys, cross_values):
+        """Refresh the key / value tables after notes were written: for every entry
+        (pool layer, table (0 token, 1 cross-layer), row, W_k (S, S), W_v (S, S)) of ``plan``
+        and every sequence b, project the note in slot inserted[pool, b] (none when < 0;
+        every slot when ``inserted`` is empty). notes (L, B, k, S); tables (P, B, k, S)."""
+        n_layers, batch, slots, width = notes.shape
+        every = inserted.shape[0] == 0
+        for e in range(len(plan)):
+            pool, table, row, k_w, v_w = plan[e]
+            out_k = keys if table == 0 else cross_keys
+            out_v = values if table == 0 else cross_values
+            for b in range(batch):
+                lo, hi = 0, slots
+                if not every:
+                    lo = inserted[pool, b]
+                    hi = lo + 1
+                for m in range(max(lo, 0), hi):
+                    _gemv(k_w, notes[pool, b, m], out_k[row, b, m])
+                    _gemv(v_w, notes[pool, b, m], out_v[row, b, m])
 
     @_jit
     def _fuse(kind, x, ctx, out_w, alpha, gate_w, gate_b, x_bar):
@@ -215,25 +329,12 @@ if _HAVE_NUMBA:
             x_bar[i] += u
 
     @_jit
-    def mixer_core(
-        xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
-        ssm_state, y,
-    ):  # fmt: skip
-        """The Mamba mixer between its projections for sequence ``b``, one token: causal conv
-        + SiLU, x_proj, dt_proj + softplus, SSM update, D skip and SiLU gate. xz (2E,) the
-        in_proj output [x; z]; conv_state (B, E, W - 1) and ssm_state (B, E, N) are updated in
-        place; y (E,) receives the result. Weights: conv_w (E, W), xproj_w (R + 2N, E),
-        dtproj_w (E, R) (float32 or bfloat16 bits), dt_b / D (E,), A = -exp(A_log) (E, N)."""
-        dim, width = conv_w.shape
+    def _conv_channels(xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, lo, hi):
+        """Causal conv + SiLU of channels [lo, hi) for sequence ``b``: xc[e] from x = xz[:E]
+        and conv_state (B, E, W - 1), which is shifted in place; conv_w (E, W)."""
+        width = conv_w.shape[1]
         hist = width - 1
-        rank = dtproj_w.shape[1]
-        n_state = A.shape[1]
-        xc = np.empty(dim, dtype=np.float32)
-        dt = np.empty(dim, dtype=np.float32)
-        dbc = np.empty(xproj_w.shape[0], dtype=np.float32)
-        b_vec = np.empty(n_state, dtype=np.float32)
-        c_vec = np.empty(n_state, dtype=np.float32)
-        for e in range(dim):
+        for e in range(lo, hi):
             xe = xz[e]
             acc = conv_b[e] if has_conv_b else np.float32(0.0)
             for j in range(hist):
@@ -244,23 +345,34 @@ if _HAVE_NUMBA:
             if hist > 0:
                 conv_state[b, e, hist - 1] = xe
             xc[e] = acc
-        for e in range(dim):
+        for e in range(lo, hi):
             xc[e] = xc[e] * sigmoid(xc[e])
-        _gemv(xproj_w, xc, dbc)
-        # Separate loops and local copies of B and C (which the state stores cannot alias)
-        # let each loop vectorise: 2-3x faster than one fused loop.
+
+    @_jit
+    def _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, lo, hi):
+        """dt_proj + softplus, the SSM update, the D skip and the SiLU gate of channels
+        [lo, hi): y[e] from xc, dbc = x_proj(xc) = [dt_in (R); B (N); C (N)] and the gate
+        z = xz[E:]; ssm_state (B, E, N) updated in place; dtproj_w (E, R), A (E, N)."""
+        dim = dtproj_w.shape[0]
+        rank = dtproj_w.shape[1]
+        n_state = A.shape[1]
+        # Local copies of B and C (which the state stores cannot alias) and separate loops let
+        # each loop vectorise: 2-3x faster than one fused loop.
+        b_vec = np.empty(n_state, dtype=np.float32)
+        c_vec = np.empty(n_state, dtype=np.float32)
+        dt = np.empty(hi - lo, dtype=np.float32)
         for n in range(n_state):
             b_vec[n] = dbc[rank + n]
             c_vec[n] = dbc[rank + n_state + n]
-        for e in range(dim):
+        for e in range(lo, hi):
             v = dt_b[e]
             for r in range(rank):
                 v += weight_value(dtproj_w[e, r]) * dbc[r]
-            dt[e] = v
-        for e in range(dim):
-            dt[e] = softplus(dt[e])
-        for e in range(dim):
-            delta = dt[e]
+            dt[e - lo] = v
+        for i in range(hi - lo):
+            dt[i] = softplus(dt[i])
+        for e in range(lo, hi):
+            delta = dt[e - lo]
             xe = xc[e]
             dx = delta * xe
             acc = np.float32(0.0)
@@ -269,96 +381,159 @@ if _HAVE_NUMBA:
                 ssm_state[b, e, n] = h
                 acc += h * c_vec[n]
             y[e] = acc + D[e] * xe
-        for e in range(dim):
+        for e in range(lo, hi):
             ze = xz[dim + e]
             y[e] *= ze * sigmoid(ze)
 
     @_jit
+    def mixer_core(
+        xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
+        ssm_state, y,
+    ):  # fmt: skip
+        """The Mamba mixer between its projections for sequence ``b``, one token: causal conv
+        + SiLU, x_proj, dt_proj + softplus, SSM update, D skip and SiLU gate. xz (2E,) the
+        in_proj output [x; z]; conv_state (B, E, W - 1) and ssm_state (B, E, N) are updated in
+        place; y (E,) receives the result. Weights: conv_w (E, W), xproj_w (R + 2N, E),
+        dtproj_w (E, R) (float32 or bfloat16 bits), dt_b / D (E,), A = -exp(A_log) (E, N)."""
+        dim = conv_w.shape[0]
+        xc = np.empty(dim, dtype=np.float32)
+        dbc = np.empty(xproj_w.shape[0], dtype=np.float32)
+        _conv_channels(xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, 0, dim)
+        _gemv(xproj_w, xc, dbc)
+        _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, 0, dim)
+
+    @_jit
+    def _memory_into(
+        x, x_bar, pos, b, layer, valid, run_note, run_score, tables, sum_w, sum_b, policy,
+        score_w, score_b, gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
+        heads, tok_q, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
+        has_cross, lay_q, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources, cross_rows,
+    ):  # fmt: skip
+        """The memory of layer ``layer`` for one token of sequence ``b`` at position ``pos``:
+        x_bar (d,) += the fused cross-token and cross-layer attention reads of x (d,), and the
+        token joins its open window (running max of its note, running max of its score).
+        tables: (keys, values, cross_keys, cross_values), see ``project_notes``."""
+        keys, values, cross_keys, cross_values = tables
+        d = x.shape[0]
+        summary = sum_w.shape[0]
+        ctx = np.empty(summary, dtype=np.float32)
+        note = np.empty(summary, dtype=np.float32)
+        if _attend(x, tok_q, heads, keys, values, own_layer, own_layer, valid, b, ctx):
+            mult = np.float32(1.0)
+            if gate_kind == 1:
+                g = np.float32(gate_b)
+                for j in range(d):
+                    g += gate_w[j] * x[j]
+                g = sigmoid(g)
+                mult = g if g > gate_threshold else 0.0
+            elif gate_kind == 2:
+                mult = 1.0 if pos % period < period_active else 0.0
+            for j in range(summary):
+                ctx[j] *= mult
+            _fuse(tok_kind, x, ctx, tok_out, tok_alpha, tok_gw, tok_gb, x_bar)
+        if has_cross and _attend(
+            x, lay_q, heads, cross_keys, cross_values, cross_rows, sources, valid, b, ctx
+        ):
+            _fuse(lay_kind, x, ctx, lay_out, lay_alpha, lay_gw, lay_gb, x_bar)
+        _gemv(sum_w, x, note)
+        for j in range(summary):
+            v = note[j] + sum_b[j]
+            if v > run_note[layer, b, j]:
+                run_note[layer, b, j] = v
+        if policy == 0:
+            s = score_b
+            for j in range(d):
+                s += score_w[j] * x[j]
+            s = sigmoid(s)
+            if s > run_score[layer, b]:
+                run_score[layer, b] = s
+
+    @_jit
+    def _channel_phase(sync, phase, kind, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc,
+                       dbc, dtproj_w, dt_b, A, D, ssm_state, y):  # fmt: skip
+        """The conv (kind 0) or SSM (kind 1) channels in blocks that the threads claim;
+        returns the next phase."""
+        dim = conv_w.shape[0]
+        blocks = (dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+        i = _claim(sync, phase)
+        while i < blocks:
+            lo = i * CHANNEL_BLOCK
+            hi = min(dim, lo + CHANNEL_BLOCK)
+            if kind == 0:
+                _conv_channels(xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, lo, hi)
+            else:
+                _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, lo, hi)
+            _block_done(sync, phase)
+            i = _claim(sync, phase)
+        _wait(sync, phase, blocks)
+        return phase + 1
+
+    @_jit
     def layer_step(
-        hidden, conv_state, ssm_state, use_memory, layer, seen, notes, valid, run_note,
-        run_score, norm_w, eps,
+        sync, phase, scratch, hidden, conv_state, ssm_state, use_memory, layer, seen, valid,
+        run_note, run_score, tables, norm_w, eps,
         in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
         out_w, out_b, has_out_b, sum_w, sum_b, policy, score_w, score_b,
         gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
-        heads, tok_q, tok_k, tok_v, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
-        has_cross, lay_q, lay_k, lay_v, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources,
+        heads, tok_q, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
+        has_cross, lay_q, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources, cross_rows,
     ):  # fmt: skip
         """One token of every sequence through layer ``layer``; hidden (B, d) += layer output.
+        Runs as ``PHASES_PER_LAYER`` phases per sequence from ``phase`` (returns the next):
+        every thread that calls it with the same ``sync`` shares the work (see ``model_step``).
 
         Mixer: in_w (2E, d), conv_w (E, W), xproj_w (R + 2N, E), dtproj_w (E, R), dt_b / D (E,),
         A = -exp(A_log) (E, N), out_w (d, E); conv_state (B, E, W - 1), ssm_state (B, E, N).
         Memory (when ``use_memory``): pools as in the module docstring; seen (B,) real tokens
         before this one; sum_w (S, d) / sum_b (S,) the summariser; score_w (d,) / score_b the
-        scorer; attention and fusion weights of the token (own_layer = [layer]) and cross-layer
-        (sources: layer indices) paths."""
-        batch, d = hidden.shape
-        dim = conv_w.shape[0]
-        x = np.empty(d, dtype=np.float32)
-        x_bar = np.empty(d, dtype=np.float32)
-        xz = np.empty(2 * dim, dtype=np.float32)
-        y = np.empty(dim, dtype=np.float32)
-        out = np.empty(d, dtype=np.float32)
-        summary = sum_w.shape[0] if use_memory else 1
-        ctx = np.empty(summary, dtype=np.float32)
-        note = np.empty(summary, dtype=np.float32)
-        for b in range(batch):
-            _rmsnorm(hidden[b], norm_w, eps, x)
-            for j in range(d):
-                x_bar[j] = x[j]
-            if use_memory:
-                pos = seen[b]
-                if _attend(x, tok_q, tok_k, tok_v, heads, notes, valid, own_layer, b, ctx):
-                    mult = np.float32(1.0)
-                    if gate_kind == 1:
-                        g = np.float32(gate_b)
-                        for j in range(d):
-                            g += gate_w[j] * x[j]
-                        g = sigmoid(g)
-                        mult = g if g > gate_threshold else 0.0
-                    elif gate_kind == 2:
-                        mult = 1.0 if pos % period < period_active else 0.0
-                    for j in range(summary):
-                        ctx[j] *= mult
-                    _fuse(tok_kind, x, ctx, tok_out, tok_alpha, tok_gw, tok_gb, x_bar)
-                if has_cross and _attend(
-                    x, lay_q, lay_k, lay_v, heads, notes, valid, sources, b, ctx
-                ):
-                    _fuse(lay_kind, x, ctx, lay_out, lay_alpha, lay_gw, lay_gb, x_bar)
-                _gemv(sum_w, x, note)
-                for j in range(summary):
-                    v = note[j] + sum_b[j]
-                    if v > run_note[layer, b, j]:
-                        run_note[layer, b, j] = v
-                if policy == 0:
-                    s = score_b
-                    for j in range(d):
-                        s += score_w[j] * x[j]
-                    s = sigmoid(s)
-                    if s > run_score[layer, b]:
-                        run_score[layer, b] = s
-            # Mixer: in_proj, the core between the projections, out_proj.
-            _gemv(in_w, x_bar, xz)
-            if has_in_b:
-                for i in range(2 * dim):
-                    xz[i] += in_b[i]
-            mixer_core(
-                xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
-                ssm_state, y,
+        scorer; query and fusion weights of the token (own_layer = [layer]) and cross-layer
+        (sources: pool layers, cross_rows: their rows in the cross-layer tables) paths, whose
+        keys and values come from ``tables`` (see ``project_notes``). scratch: (x, x_bar (d,),
+        xz (2E,), xc, y (E,), dbc (R + 2N,), out (d,)) shared by the threads."""
+        x, x_bar, xz, xc, y, dbc, out = scratch
+        no_acc = x[:0]
+        for b in range(hidden.shape[0]):
+            if _serial(sync, phase):
+                _rmsnorm(hidden[b], norm_w, eps, x)
+                for j in range(x.shape[0]):
+                    x_bar[j] = x[j]
+                if use_memory:
+                    _memory_into(
+                        x, x_bar, seen[b], b, layer, valid, run_note, run_score, tables, sum_w,
+                        sum_b, policy, score_w, score_b, gate_kind, gate_w, gate_b,
+                        gate_threshold, period, period_active, heads, tok_q, tok_kind, tok_out,
+                        tok_alpha, tok_gw, tok_gb, own_layer, has_cross, lay_q, lay_kind,
+                        lay_out, lay_alpha, lay_gw, lay_gb, sources, cross_rows,
+                    )  # fmt: skip
+                _block_done(sync, phase)
+            _wait(sync, phase, 1)
+            phase = _gemv_phase(sync, phase + 1, in_w, x_bar, xz, in_b, has_in_b, no_acc)
+            phase = _channel_phase(
+                sync, phase, 0, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, dbc,
+                dtproj_w, dt_b, A, D, ssm_state, y,
             )  # fmt: skip
-            _gemv(out_w, y, out)
-            for j in range(d):
-                hidden[b, j] += out[j] + (out_b[j] if has_out_b else 0.0)
+            phase = _gemv_phase(sync, phase, xproj_w, xc, dbc, dbc, False, no_acc)
+            phase = _channel_phase(
+                sync, phase, 1, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, dbc,
+                dtproj_w, dt_b, A, D, ssm_state, y,
+            )  # fmt: skip
+            phase = _gemv_phase(sync, phase, out_w, y, out, out_b, has_out_b, hidden[b])
+        return phase
 
     @_jit
     def close_windows(
         seen, window, policy, threshold, period, period_active, replacement,
-        notes, valid, scores, write_index, run_note, run_score,
+        notes, valid, scores, write_index, run_note, run_score, inserted,
     ):  # fmt: skip
         """After every layer has taken the token: for each sequence whose token closed a
         window, insert each layer's window note (``policy``: 0 score -> score * note if score
         > threshold; 1 periodic -> if the window start % period < period_active; 2 all) with
-        FIFO (0) or priority (1) replacement, reset the open window, and count the token."""
+        FIFO (0) or priority (1) replacement, reset the open window, and count the token.
+        inserted (L, B) receives the slot each pool wrote (-1: none)."""
         n_layers, batch, slots, width = notes.shape
+        for li in range(n_layers):
+            for b in range(batch):
+                inserted[li, b] = -1
         for b in range(batch):
             pos = seen[b]
             if (pos + 1) % window == 0:
@@ -394,6 +569,7 @@ if _HAVE_NUMBA:
                             valid[li, b, target] = True
                             scores[li, b, target] = value
                             write_index[li, b] += 1
+                            inserted[li, b] = target
                     for j in range(width):
                         run_note[li, b, j] = -np.inf
                     if policy == 0:
@@ -401,13 +577,17 @@ if _HAVE_NUMBA:
             seen[b] = pos + 1
 
     @_jit
-    def final_logits(hidden, norm_w, eps, head_w, logits):
-        """logits (B, V) = head_w (V, d) @ RMSNorm(hidden (B, d))."""
-        batch, d = hidden.shape
-        x = np.empty(d, dtype=np.float32)
-        for b in range(batch):
-            _rmsnorm(hidden[b], norm_w, eps, x)
-            _gemv(head_w, x, logits[b])
+    def final_logits(sync, phase, hidden, norm_w, eps, head_w, x, logits):
+        """logits (B, V) = head_w (V, d) @ RMSNorm(hidden (B, d)), two phases per sequence
+        from ``phase`` (returns the next); x (d,) shared scratch."""
+        no_acc = x[:0]
+        for b in range(hidden.shape[0]):
+            if _serial(sync, phase):
+                _rmsnorm(hidden[b], norm_w, eps, x)
+                _block_done(sync, phase)
+            _wait(sync, phase, 1)
+            phase = _gemv_phase(sync, phase + 1, head_w, x, logits[b], x, False, no_acc)
+        return phase
 
     @_jit
     def _list_with(item):
@@ -421,46 +601,106 @@ if _HAVE_NUMBA:
         items.append(item)
 
     @_jit
-    def model_step(ids, logits, layers, states, constants):
+    def _first_bad_id(ids, vocab):
+        for b in range(ids.shape[0]):
+            if ids[b] < 0 or ids[b] >= vocab:
+                return b
+        return -1
+
+    @_jit
+    def _scratch_and_sync(layers, batch):
+        """The buffers the threads share for one token, and zeroed phase counters."""
+        in_w = layers[0][2]
+        xproj_w = layers[0][8]
+        d = in_w.shape[1]
+        dim = in_w.shape[0] // 2
+        scratch = (
+            np.empty(d, dtype=np.float32),
+            np.empty(d, dtype=np.float32),
+            np.empty(2 * dim, dtype=np.float32),
+            np.empty(dim, dtype=np.float32),
+            np.empty(dim, dtype=np.float32),
+            np.empty(xproj_w.shape[0], dtype=np.float32),
+            np.empty(d, dtype=np.float32),
+        )
+        phases = 2 + batch * (PHASES_PER_LAYER * len(layers) + 2)
+        return scratch, np.zeros(2 * phases, dtype=np.int64)
+
+    @_jit
+    def _model_worker(ids, logits, layers, plan, states, constants, scratch, sync):
+        """One thread's share of ``model_step`` (every thread runs the same phases)."""
+        (
+            hidden, conv_state, ssm_state, seen, notes, valid, run_note, run_score, scores,
+            w_index, tables, inserted,
+        ) = states[0]  # fmt: skip
+        (
+            embeddings, use_memory, window, note_policy, note_threshold, note_period,
+            note_period_active, replacement, final_norm_w, final_eps, head_w,
+        ) = constants[0]  # fmt: skip
+        keys, values, cross_keys, cross_values = tables
+        batch = ids.shape[0]
+        d = embeddings.shape[1]
+        if _serial(sync, 0):
+            for b in range(batch):
+                for j in range(d):
+                    hidden[b, j] = weight_value(embeddings[ids[b], j])
+            _block_done(sync, 0)
+        _wait(sync, 0, 1)
+        phase = 1
+        for i in range(len(layers)):
+            phase = layer_step(
+                sync, phase, scratch, hidden, conv_state[i], ssm_state[i], use_memory, i, seen,
+                valid, run_note, run_score, tables, *layers[i],
+            )  # fmt: skip
+        if _serial(sync, phase):
+            if use_memory:
+                close_windows(
+                    seen, window, note_policy, note_threshold, note_period, note_period_active,
+                    replacement, notes, valid, scores, w_index, run_note, run_score, inserted,
+                )  # fmt: skip
+                project_notes(
+                    plan, notes, inserted, keys, values, cross_keys, cross_values
+                )  # fmt: skip
+            else:
+                for b in range(batch):
+                    seen[b] += 1
+            _block_done(sync, phase)
+        _wait(sync, phase, 1)
+        final_logits(sync, phase + 1, hidden, final_norm_w, final_eps, head_w, scratch[0], logits)
+
+    @_jit
+    def model_step(ids, logits, layers, plan, states, constants):
         """One token of every sequence through the whole model in one call: embedding, every
         layer (``layer_step``), the window insertions (``close_windows``) and the logits.
 
         ids (B,) int64; logits (B, V) output. The other arguments are numba typed lists, so
         the call's dispatch costs the same at any depth (see ``packed``):
         layers[i]: the tuple of ``layer_step``'s arguments from ``norm_w`` on, for layer i;
+        plan: ``project_notes``'s entries (one for a model without memory: never read);
         states[0]: (hidden (B, d) scratch, conv_state (layers, B, E, W - 1), ssm_state
-        (layers, B, E, N), seen, notes, valid, run_note, run_score, scores, write_index);
+        (layers, B, E, N), seen, notes, valid, run_note, run_score, scores, write_index,
+        (keys, values, cross_keys, cross_values) tables, inserted (layers, B) scratch);
         constants[0]: (embeddings (V, d), use_memory, window, note_policy, note_threshold,
         note_period, note_period_active, replacement, final_norm_w, final_eps, head_w).
         Returns the batch index of the first out-of-range id, or -1; nothing is updated when
         an id is out of range."""
-        hidden, conv_state, ssm_state, seen, notes, valid, run_note, run_score, scores, w_index = (
-            states[0]
-        )
-        (
-            embeddings, use_memory, window, note_policy, note_threshold, note_period,
-            note_period_active, replacement, final_norm_w, final_eps, head_w,
-        ) = constants[0]  # fmt: skip
-        vocab, d = embeddings.shape
-        batch = ids.shape[0]
-        for b in range(batch):
-            if ids[b] < 0 or ids[b] >= vocab:
-                return b
-        for b in range(batch):
-            for j in range(d):
-                hidden[b, j] = weight_value(embeddings[ids[b], j])
-        for i in range(len(layers)):
-            layer_step(
-                hidden, conv_state[i], ssm_state[i], use_memory, i, seen, notes, valid,
-                run_note, run_score, *layers[i],
-            )  # fmt: skip
-        if use_memory:
-            close_windows(
-                seen, window, note_policy, note_threshold, note_period, note_period_active,
-                replacement, notes, valid, scores, w_index, run_note, run_score,
-            )  # fmt: skip
-        else:
-            for b in range(batch):
-                seen[b] += 1
-        final_logits(hidden, final_norm_w, final_eps, head_w, logits)
+        bad = _first_bad_id(ids, constants[0][0].shape[0])
+        if bad >= 0:
+            return bad
+        scratch, sync = _scratch_and_sync(layers, ids.shape[0])
+        _model_worker(ids, logits, layers, plan, states, constants, scratch, sync)
+        return -1
+
+    @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+    def model_step_threads(ids, logits, layers, plan, states, constants, threads):
+        """``model_step`` on ``threads`` threads: each runs the same phases and claims blocks
+        of rows (GEMVs) or channels (conv, SSM) from shared atomic counters; one-block phases
+        (norms, the memory, window insertions) run on whichever thread claims them. Results
+        equal ``model_step``'s bit for bit (every block computes the same sums)."""
+        bad = _first_bad_id(ids, constants[0][0].shape[0])
+        if bad >= 0:
+            return bad
+        scratch, sync = _scratch_and_sync(layers, ids.shape[0])
+        for _ in prange(threads):
+            _model_worker(ids, logits, layers, plan, states, constants, scratch, sync)
         return -1
