@@ -79,8 +79,11 @@ GEMV_BLOCK_ROWS = 64
 """Rows of a weight matrix per claimable block when the threads split a GEMV."""
 CHANNEL_BLOCK = 128
 """Inner channels per claimable block of the conv and the SSM update."""
-PHASES_PER_LAYER = 6
-"""Phases of one layer for one sequence: norm + memory, in_proj, conv, x_proj, SSM, out_proj."""
+MEMORY_PHASES = 3
+"""Phases of the memory of one layer for one sequence (see ``_memory_phases``)."""
+PHASES_PER_LAYER = 6 + MEMORY_PHASES
+"""Phases of one layer for one sequence: norm, the memory's, in_proj, conv, x_proj, SSM,
+out_proj (a model without memory skips the memory's)."""
 _COUNTER_BYTES = 8
 
 
@@ -226,66 +229,62 @@ if _HAVE_NUMBA:
             out[j] = weight[j] * (h[j] * inv)
 
     @_jit
-    def _attend(x, q_w, heads, keys, values, rows, pools, valid, b, ctx):
-        """Multi-head attention of one query over the valid notes of some pools, reading the
-        notes' key and value projections from tables kept beside the pools.
+    def _any_valid(pools, valid, b):
+        """Whether any slot of these pool layers holds a note for sequence ``b``."""
+        for i in range(pools.shape[0]):
+            for m in range(valid.shape[2]):
+                if valid[pools[i], b, m]:
+                    return True
+        return False
 
-        x (d,) query source; q_w (S, d); keys, values (P, B, k, S) projection tables;
-        rows: the table rows to read, pools: the pool layer of each (for ``valid``
-        (L, B, k)). Writes ctx (S,) (zeros for no valid note); returns whether any note was
-        valid."""
-        width = q_w.shape[0]
-        dh = width // heads
+    @_jit
+    def _attend_head(q, heads, h, keys, values, rows, pools, valid, b, ctx):
+        """Head ``h`` of one query's attention over the valid notes of some pools (at least
+        one), reading the notes' key and value projections from tables kept beside the pools.
+
+        q (S,) the projected query; keys, values (P, B, k, S) projection tables; rows: the
+        table rows to read, pools: the pool layer of each (for ``valid`` (L, B, k)). Writes
+        the head's part of ctx (S,)."""
+        dh = q.shape[0] // heads
+        lo, hi = h * dh, (h + 1) * dh
         slots = keys.shape[2]
         count = 0
         for i in range(rows.shape[0]):
             for m in range(slots):
                 if valid[pools[i], b, m]:
                     count += 1
-        for j in range(width):
-            ctx[j] = 0.0
-        if count == 0:
-            return False
-        q = np.empty(width, dtype=np.float32)
-        _gemv(q_w, x, q)
         scale = np.float32(1.0 / math.sqrt(dh))
-        for j in range(width):
-            q[j] *= scale
-        probs = np.empty((heads, count), dtype=np.float32)
-        top = np.full(heads, -np.inf, dtype=np.float32)
-        m_i = 0
+        probs = np.empty(count, dtype=np.float32)
+        top = np.float32(-np.inf)
+        n = 0
         for i in range(rows.shape[0]):
             for m in range(slots):
                 if valid[pools[i], b, m]:
                     key = keys[rows[i], b, m]
-                    for h in range(heads):
-                        s = np.float32(0.0)
-                        for j in range(h * dh, (h + 1) * dh):
-                            s += q[j] * key[j]
-                        probs[h, m_i] = s
-                        if s > top[h]:
-                            top[h] = s
-                    m_i += 1
-        for h in range(heads):
-            total = np.float32(0.0)
-            for n in range(count):
-                e = fast_exp(probs[h, n] - top[h])
-                probs[h, n] = e
-                total += e
-            inv = np.float32(1.0) / total
-            for n in range(count):
-                probs[h, n] *= inv
-        m_i = 0
+                    s = np.float32(0.0)
+                    for j in range(lo, hi):
+                        s += q[j] * key[j]
+                    s *= scale
+                    probs[n] = s
+                    top = max(top, s)
+                    n += 1
+        total = np.float32(0.0)
+        for n in range(count):
+            e = fast_exp(probs[n] - top)
+            probs[n] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for j in range(lo, hi):
+            ctx[j] = 0.0
+        n = 0
         for i in range(rows.shape[0]):
             for m in range(slots):
                 if valid[pools[i], b, m]:
                     value = values[rows[i], b, m]
-                    for h in range(heads):
-                        p = probs[h, m_i]
-                        for j in range(h * dh, (h + 1) * dh):
-                            ctx[j] += p * value[j]
-                    m_i += 1
-        return True
+                    p = probs[n] * inv
+                    for j in range(lo, hi):
+                        ctx[j] += p * value[j]
+                    n += 1
 
     @_jit
     def project_notes(plan, notes, inserted, keys, values, cross_keys, cross_values):
@@ -309,11 +308,12 @@ if _HAVE_NUMBA:
                     _gemv(v_w, notes[pool, b, m], out_v[row, b, m])
 
     @_jit
-    def _fuse(kind, x, ctx, out_w, alpha, gate_w, gate_b, x_bar):
-        """x_bar += F(x, ctx): weighted alpha * W_o c, gated sigmoid(W_g [x; c] + b) * W_o c,
-        residual W_o c. x, x_bar (d,), ctx (S,), out_w (d, S), gate_w (d, d + S)."""
+    def _fuse_rows(kind, x, ctx, out_w, alpha, gate_w, gate_b, x_bar, lo, hi):
+        """x_bar[lo:hi] += F(x, ctx)[lo:hi]: weighted alpha * W_o c, gated
+        sigmoid(W_g [x; c] + b) * W_o c, residual W_o c. x, x_bar (d,), ctx (S,),
+        out_w (d, S), gate_w (d, d + S)."""
         d, width = out_w.shape
-        for i in range(d):
+        for i in range(lo, hi):
             u = np.float32(0.0)
             for j in range(width):
                 u += out_w[i, j] * ctx[j]
@@ -403,50 +403,96 @@ if _HAVE_NUMBA:
         _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, 0, dim)
 
     @_jit
-    def _memory_into(
-        x, x_bar, pos, b, layer, valid, run_note, run_score, tables, sum_w, sum_b, policy,
-        score_w, score_b, gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
-        heads, tok_q, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
+    def _memory_phases(
+        sync, phase, scratch, pos, b, layer, valid, run_note, run_score, tables, sum_w, sum_b,
+        policy, score_w, score_b, gate_kind, gate_w, gate_b, gate_threshold, period,
+        period_active, heads, tok_q, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
         has_cross, lay_q, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources, cross_rows,
     ):  # fmt: skip
-        """The memory of layer ``layer`` for one token of sequence ``b`` at position ``pos``:
-        x_bar (d,) += the fused cross-token and cross-layer attention reads of x (d,), and the
-        token joins its open window (running max of its note, running max of its score).
-        tables: (keys, values, cross_keys, cross_values), see ``project_notes``."""
+        """The memory of layer ``layer`` for one token of sequence ``b`` at position ``pos``,
+        as ``MEMORY_PHASES`` phases from ``phase`` (returns the next): x_bar (d,) += the
+        fused cross-token and cross-layer attention reads of x (d,), and the token joins its
+        open window (running max of its note and of its score). tables: (keys, values,
+        cross_keys, cross_values), see ``project_notes``.
+
+        1. three blocks: the token query (and the retrieval gate), the cross-layer query, the
+           window note and score; 2. one block per (attention, head); 3. the fusion's rows."""
         keys, values, cross_keys, cross_values = tables
+        x, x_bar = scratch[0], scratch[1]
+        q_tok, q_lay, ctx_tok, ctx_lay, flags = scratch[7:12]
         d = x.shape[0]
-        summary = sum_w.shape[0]
-        ctx = np.empty(summary, dtype=np.float32)
-        note = np.empty(summary, dtype=np.float32)
-        if _attend(x, tok_q, heads, keys, values, own_layer, own_layer, valid, b, ctx):
-            mult = np.float32(1.0)
-            if gate_kind == 1:
-                g = np.float32(gate_b)
-                for j in range(d):
-                    g += gate_w[j] * x[j]
-                g = sigmoid(g)
-                mult = g if g > gate_threshold else 0.0
-            elif gate_kind == 2:
-                mult = 1.0 if pos % period < period_active else 0.0
-            for j in range(summary):
-                ctx[j] *= mult
-            _fuse(tok_kind, x, ctx, tok_out, tok_alpha, tok_gw, tok_gb, x_bar)
-        if has_cross and _attend(
-            x, lay_q, heads, cross_keys, cross_values, cross_rows, sources, valid, b, ctx
-        ):
-            _fuse(lay_kind, x, ctx, lay_out, lay_alpha, lay_gw, lay_gb, x_bar)
-        _gemv(sum_w, x, note)
-        for j in range(summary):
-            v = note[j] + sum_b[j]
-            if v > run_note[layer, b, j]:
-                run_note[layer, b, j] = v
-        if policy == 0:
-            s = score_b
-            for j in range(d):
-                s += score_w[j] * x[j]
-            s = sigmoid(s)
-            if s > run_score[layer, b]:
-                run_score[layer, b] = s
+        i = _claim(sync, phase)
+        while i < 3:
+            if i == 0:
+                flags[0] = 0.0
+                if _any_valid(own_layer, valid, b):
+                    flags[0] = 1.0
+                    _gemv(tok_q, x, q_tok)
+                    mult = np.float32(1.0)
+                    if gate_kind == 1:
+                        g = np.float32(gate_b)
+                        for j in range(d):
+                            g += gate_w[j] * x[j]
+                        g = sigmoid(g)
+                        mult = g if g > gate_threshold else np.float32(0.0)
+                    elif gate_kind == 2:
+                        mult = 1.0 if pos % period < period_active else 0.0
+                    flags[2] = mult
+            elif i == 1:
+                flags[1] = 0.0
+                if has_cross and _any_valid(sources, valid, b):
+                    flags[1] = 1.0
+                    _gemv(lay_q, x, q_lay)
+            else:
+                summary = sum_w.shape[0]
+                note = np.empty(summary, dtype=np.float32)
+                _gemv(sum_w, x, note)
+                for j in range(summary):
+                    v = note[j] + sum_b[j]
+                    if v > run_note[layer, b, j]:
+                        run_note[layer, b, j] = v
+                if policy == 0:
+                    s = score_b
+                    for j in range(d):
+                        s += score_w[j] * x[j]
+                    s = sigmoid(s)
+                    if s > run_score[layer, b]:
+                        run_score[layer, b] = s
+            _block_done(sync, phase)
+            i = _claim(sync, phase)
+        _wait(sync, phase, 3)
+        phase += 1
+        blocks = 2 * heads
+        i = _claim(sync, phase)
+        while i < blocks:
+            h = i % heads
+            if i < heads and flags[0] != 0.0:
+                _attend_head(q_tok, heads, h, keys, values, own_layer, own_layer, valid, b, ctx_tok)
+                dh = q_tok.shape[0] // heads
+                for j in range(h * dh, (h + 1) * dh):
+                    ctx_tok[j] *= flags[2]
+            elif i >= heads and flags[1] != 0.0:
+                _attend_head(
+                    q_lay, heads, h, cross_keys, cross_values, cross_rows, sources, valid, b,
+                    ctx_lay,
+                )  # fmt: skip
+            _block_done(sync, phase)
+            i = _claim(sync, phase)
+        _wait(sync, phase, blocks)
+        phase += 1
+        blocks = (d + GEMV_BLOCK_ROWS - 1) // GEMV_BLOCK_ROWS
+        i = _claim(sync, phase)
+        while i < blocks:
+            lo = i * GEMV_BLOCK_ROWS
+            hi = min(d, lo + GEMV_BLOCK_ROWS)
+            if flags[0] != 0.0:
+                _fuse_rows(tok_kind, x, ctx_tok, tok_out, tok_alpha, tok_gw, tok_gb, x_bar, lo, hi)
+            if flags[1] != 0.0:
+                _fuse_rows(lay_kind, x, ctx_lay, lay_out, lay_alpha, lay_gw, lay_gb, x_bar, lo, hi)
+            _block_done(sync, phase)
+            i = _claim(sync, phase)
+        _wait(sync, phase, blocks)
+        return phase + 1
 
     @_jit
     def _channel_phase(sync, phase, kind, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc,
@@ -489,25 +535,27 @@ if _HAVE_NUMBA:
         scorer; query and fusion weights of the token (own_layer = [layer]) and cross-layer
         (sources: pool layers, cross_rows: their rows in the cross-layer tables) paths, whose
         keys and values come from ``tables`` (see ``project_notes``). scratch: (x, x_bar (d,),
-        xz (2E,), xc, y (E,), dbc (R + 2N,), out (d,)) shared by the threads."""
-        x, x_bar, xz, xc, y, dbc, out = scratch
+        xz (2E,), xc, y (E,), dbc (R + 2N,), out (d,), then the memory's two queries and two
+        contexts (S,) and its flags (3,)) shared by the threads."""
+        x, x_bar, xz, xc, y, dbc, out = scratch[:7]
         no_acc = x[:0]
         for b in range(hidden.shape[0]):
             if _serial(sync, phase):
                 _rmsnorm(hidden[b], norm_w, eps, x)
                 for j in range(x.shape[0]):
                     x_bar[j] = x[j]
-                if use_memory:
-                    _memory_into(
-                        x, x_bar, seen[b], b, layer, valid, run_note, run_score, tables, sum_w,
-                        sum_b, policy, score_w, score_b, gate_kind, gate_w, gate_b,
-                        gate_threshold, period, period_active, heads, tok_q, tok_kind, tok_out,
-                        tok_alpha, tok_gw, tok_gb, own_layer, has_cross, lay_q, lay_kind,
-                        lay_out, lay_alpha, lay_gw, lay_gb, sources, cross_rows,
-                    )  # fmt: skip
                 _block_done(sync, phase)
             _wait(sync, phase, 1)
-            phase = _gemv_phase(sync, phase + 1, in_w, x_bar, xz, in_b, has_in_b, no_acc)
+            phase += 1
+            if use_memory:
+                phase = _memory_phases(
+                    sync, phase, scratch, seen[b], b, layer, valid, run_note, run_score, tables,
+                    sum_w, sum_b, policy, score_w, score_b, gate_kind, gate_w, gate_b,
+                    gate_threshold, period, period_active, heads, tok_q, tok_kind, tok_out,
+                    tok_alpha, tok_gw, tok_gb, own_layer, has_cross, lay_q, lay_kind, lay_out,
+                    lay_alpha, lay_gw, lay_gb, sources, cross_rows,
+                )  # fmt: skip
+            phase = _gemv_phase(sync, phase, in_w, x_bar, xz, in_b, has_in_b, no_acc)
             phase = _channel_phase(
                 sync, phase, 0, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, dbc,
                 dtproj_w, dt_b, A, D, ssm_state, y,
@@ -612,6 +660,7 @@ if _HAVE_NUMBA:
         """The buffers the threads share for one token, and zeroed phase counters."""
         in_w = layers[0][2]
         xproj_w = layers[0][8]
+        summary = layers[0][16].shape[0]
         d = in_w.shape[1]
         dim = in_w.shape[0] // 2
         scratch = (
@@ -622,6 +671,11 @@ if _HAVE_NUMBA:
             np.empty(dim, dtype=np.float32),
             np.empty(xproj_w.shape[0], dtype=np.float32),
             np.empty(d, dtype=np.float32),
+            np.empty(summary, dtype=np.float32),
+            np.empty(summary, dtype=np.float32),
+            np.empty(summary, dtype=np.float32),
+            np.empty(summary, dtype=np.float32),
+            np.zeros(3, dtype=np.float32),
         )
         phases = 2 + batch * (PHASES_PER_LAYER * len(layers) + 2)
         return scratch, np.zeros(2 * phases, dtype=np.int64)
