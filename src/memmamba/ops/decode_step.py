@@ -180,6 +180,17 @@ if _HAVE_NUMBA:
         return _claim(sync, phase) == 0
 
     @_jit
+    def _block_count(n, size):
+        """Blocks of ``size`` items that cover n items (the last one may be short)."""
+        return (n + size - 1) // size
+
+    @_jit
+    def _block_bounds(i, n, size):
+        """Items [lo, hi) of block i of n items in blocks of ``size``."""
+        lo = i * size
+        return lo, min(n, lo + size)
+
+    @_jit
     def _gemv_rows(w, x, out, lo, hi):
         """out[lo:hi] = w[lo:hi] @ x; w (n, m) float32 or bfloat16 bits (uint16), x (m,)."""
         m = w.shape[1]
@@ -200,11 +211,10 @@ if _HAVE_NUMBA:
         then scratch), with the rows in blocks that the threads claim; returns the next
         phase. w (n, m), x (m,), out / bias (n,)."""
         n = w.shape[0]
-        blocks = (n + GEMV_BLOCK_ROWS - 1) // GEMV_BLOCK_ROWS
+        blocks = _block_count(n, GEMV_BLOCK_ROWS)
         i = _claim(sync, phase)
         while i < blocks:
-            lo = i * GEMV_BLOCK_ROWS
-            hi = min(n, lo + GEMV_BLOCK_ROWS)
+            lo, hi = _block_bounds(i, n, GEMV_BLOCK_ROWS)
             _gemv_rows(w, x, out, lo, hi)
             if has_bias:
                 for r in range(lo, hi):
@@ -480,11 +490,10 @@ if _HAVE_NUMBA:
             i = _claim(sync, phase)
         _wait(sync, phase, blocks)
         phase += 1
-        blocks = (d + GEMV_BLOCK_ROWS - 1) // GEMV_BLOCK_ROWS
+        blocks = _block_count(d, GEMV_BLOCK_ROWS)
         i = _claim(sync, phase)
         while i < blocks:
-            lo = i * GEMV_BLOCK_ROWS
-            hi = min(d, lo + GEMV_BLOCK_ROWS)
+            lo, hi = _block_bounds(i, d, GEMV_BLOCK_ROWS)
             if flags[0] != 0.0:
                 _fuse_rows(tok_kind, x, ctx_tok, tok_out, tok_alpha, tok_gw, tok_gb, x_bar, lo, hi)
             if flags[1] != 0.0:
@@ -500,11 +509,10 @@ if _HAVE_NUMBA:
         """The conv (kind 0) or SSM (kind 1) channels in blocks that the threads claim;
         returns the next phase."""
         dim = conv_w.shape[0]
-        blocks = (dim + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
+        blocks = _block_count(dim, CHANNEL_BLOCK)
         i = _claim(sync, phase)
         while i < blocks:
-            lo = i * CHANNEL_BLOCK
-            hi = min(dim, lo + CHANNEL_BLOCK)
+            lo, hi = _block_bounds(i, dim, CHANNEL_BLOCK)
             if kind == 0:
                 _conv_channels(xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, lo, hi)
             else:
