@@ -1,4 +1,5 @@
-"""The CPU attention kernel over pool snapshots against the batched torch path."""
+"""The fused CPU attention over pool snapshots against the batched torch path, forward and
+backward."""
 
 import pytest
 import torch
@@ -52,18 +53,49 @@ def test_kernel_equals_torch_path(mask, seen):
     assert empty.any() and got[empty].eq(0).all(), "an empty pool gives a zero context"
 
 
-def test_dispatch_takes_the_kernel_only_for_cpu_inference():
+@pytest.mark.parametrize(
+    "mask, seen",
+    [
+        (None, [0]),
+        (None, [6, 1]),
+        (torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 11]), [0, 3]),
+    ],
+)
+def test_kernel_gradients_equal_the_float64_torch_path(mask, seen):
+    q, k_table, v_table, index, valid, layout = _case(mask, seen, seed=3)
+    index[:, :, 1] = index[:, :, 0]  # one table row read by two slots of a window
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(4))
+    inputs = [t.clone().requires_grad_(True) for t in (q, k_table, v_table)]
+    got = ops.pool_attention_cpu(*inputs, index, valid, layout.token_window, HEADS)
+    got_grads = torch.autograd.grad(got, inputs, grad_out)
+    wide = [t.double().requires_grad_(True) for t in (q, k_table, v_table)]
+    want = ops.pool_attention_torch(*wide, index, valid, layout.grid_index, WINDOW, HEADS)
+    want_grads = torch.autograd.grad(want, wide, grad_out.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("q", "k_table", "v_table"), got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5, msg=f"d{name}")
+    assert got_grads[0][~layout.real].eq(0).all(), "padding tokens get no gradient"
+    unread = torch.ones(k_table.shape[:2], dtype=torch.bool)
+    for b in range(index.shape[0]):
+        unread[b, index[b][valid[b]]] = False
+    assert got_grads[1][unread].eq(0).all() and got_grads[2][unread].eq(0).all()
+
+
+def test_dispatch_takes_the_kernel_for_float32_cpu_tensors():
     q, k_table, v_table, index, valid, layout = _case(None, [0])
     assert ops.cpu_kernel_applies(q, k_table, v_table)
-    with torch.no_grad():
-        fast = ops.pool_attention(q, k_table, v_table, index, valid, layout, HEADS)
     q.requires_grad_(True)
-    assert not ops.cpu_kernel_applies(q, k_table, v_table)
-    slow = ops.pool_attention(q, k_table, v_table, index, valid, layout, HEADS)
-    slow.sum().backward()
-    assert q.grad is not None
-    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-6)
+    assert ops.cpu_kernel_applies(q, k_table, v_table), "training takes the kernel too"
+    fast = ops.pool_attention(q, k_table, v_table, index, valid, layout, HEADS)
+    slow = ops.pool_attention_torch(
+        q, k_table, v_table, index, valid, layout.grid_index, WINDOW, HEADS
+    )
+    (fast_grad,) = torch.autograd.grad(fast.sum(), q)
+    (slow_grad,) = torch.autograd.grad(slow.sum(), q)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-4, atol=1e-6)
     assert not ops.cpu_kernel_applies(q.detach().double())
+    assert not ops.cpu_kernel_applies(q.detach().bfloat16())
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def test_options_off(case: dict, groups: int) -> None:
     case = dict(case)
     softplus = case.pop("softplus", True)
     ret_last = case.pop("ret_last", True)
-    # N = 5 exercises padding of the state to SIMD_LANES
+    # N = 5: a state that fills no whole SIMD register
     args = make_inputs(2, 6, 100, 5, groups, seed=7 + groups, **case)
     if not softplus:  # without softplus, keep the step sizes positive
         for k in ("delta", "delta_bias"):

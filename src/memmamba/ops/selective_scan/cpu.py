@@ -2,9 +2,12 @@
 
 Layouts follow ``mamba_ssm``: ``u, delta, z: (batch, dim, L)``, ``A: (dim, N)``,
 ``B, C: (batch, G, N, L)``, ``D, delta_bias: (dim,)``, ``initial_state: (batch, dim, N)``.
-Internally ``B`` and ``C`` are transposed to ``(batch, G, L, Np)`` (``Np`` = N padded to a multiple
-of :data:`SIMD_LANES`) so the state dimension is innermost and contiguous; each worker keeps the
-states of its channels in small local buffers and no ``(batch, dim, L, N)`` tensor is ever built.
+Internally ``B`` and ``C`` are transposed to ``(batch, G, L, N)`` so one step's row is contiguous.
+The kernels vectorise over channels: a worker takes :data:`CHANNEL_BLOCK` channels at a time and
+keeps their states as ``(N, channels)`` blocks, so every inner loop runs over the block's
+channels (one SIMD lane each), the sums over the state are plain vector additions, and each
+step's scalars (dt, u, the gate) are transposed into ``(step, channel)`` buffers once per chunk.
+No ``(batch, dim, L, N)`` tensor is ever built.
 
 The forward saves the state every :data:`CHECKPOINT_INTERVAL` steps; the backward recomputes one
 chunk of states at a time from those checkpoints into an L1-sized buffer, then sweeps it backwards.
@@ -32,12 +35,13 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
-__all__ = ["selective_scan_cpu", "is_available", "CHECKPOINT_INTERVAL", "SIMD_LANES"]
+__all__ = ["selective_scan_cpu", "is_available", "CHECKPOINT_INTERVAL", "CHANNEL_BLOCK"]
 
 CHECKPOINT_INTERVAL = 64
 """Steps between saved states; also the length of the backward's recompute buffer (>= N)."""
-SIMD_LANES = 8
-"""N is padded to a multiple of this (one AVX2 register of fp32) so the state loop vectorises."""
+CHANNEL_BLOCK = 32
+"""Channels a worker scans together (the SIMD lanes of the inner loops): four AVX2 registers of
+fp32; the backward's recompute buffers of one block (2 x 65 x N x 32 floats) stay in L2."""
 PARTS_PER_THREAD = 4
 """Work items per numba thread; more items balance load, fewer save accumulator memory."""
 
@@ -116,7 +120,8 @@ def typed_one(x):  # pragma: no cover - replaced by the overload inside jitted c
 
 
 if _HAVE_NUMBA:
-    _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
+    _SERIAL = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    _JIT = dict(_SERIAL, parallel=True)
     # The exp helper must not be reassociated (it would undo the Cody-Waite split); contraction
     # into FMAs is wanted. LLVM keeps these per-instruction flags when it inlines it.
     _EXP_FASTMATH = {"nsz", "arcp", "contract", "afn"}
@@ -223,94 +228,122 @@ if _HAVE_NUMBA:
         for i in range(x.size):
             out[i] = softplus(x[i])
 
-    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
-    def _chunk_prepass(delta_row, z_row, bias, use_softplus, has_z, t_lo, t_hi, dtbuf, gbuf):
-        """Per-step scalars of one channel's chunk (vectorised over t): dt and silu(z)."""
-        if use_softplus:
-            for t in range(t_lo, t_hi):
-                dtbuf[t - t_lo] = softplus(delta_row[t] + bias)
-        else:
-            for t in range(t_lo, t_hi):
-                dtbuf[t - t_lo] = delta_row[t] + bias
-        if has_z:
-            for t in range(t_lo, t_hi):
-                gbuf[t - t_lo] = z_row[t] * sigmoid(z_row[t])
+    @njit(**_SERIAL)
+    def _transpose_into(row, out, c, steps):
+        """out[:steps, c] = row[:steps] (a channel's row into a (step, channel) buffer)."""
+        for j in range(steps):
+            out[j, c] = row[j]
 
-    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
-    def _chunk_prepass_bwd(
-        delta_row, z_row, bias, use_softplus, has_z, t_lo, t_hi, dtbuf, sigbuf, zsig
-    ):
-        """Backward per-step scalars: dt, softplus'(delta + bias) and sigmoid(z)."""
-        if use_softplus:
-            for t in range(t_lo, t_hi):
-                x = delta_row[t] + bias
-                sp = softplus(x)
-                dtbuf[t - t_lo] = sp
-                sigbuf[t - t_lo] = sigmoid(x)
-        else:
-            for t in range(t_lo, t_hi):
-                dtbuf[t - t_lo] = delta_row[t] + bias
-        if has_z:
-            for t in range(t_lo, t_hi):
-                zsig[t - t_lo] = sigmoid(z_row[t])
+    @njit(**_SERIAL)
+    def _step_scalars(
+        u, delta, z, dout, dbias, b, d_lo, width, t_lo, steps,
+        has_z, has_bias, use_softplus, with_grad, dtb, ub, zb, gb, sb, dyb, tmp,
+    ):  # fmt: skip
+        """Per-step scalars of channels [d_lo, d_lo + width) of sequence b over steps
+        [t_lo, t_lo + steps), into (step, channel) buffers: dt (bias, softplus), u, z, and
+        silu(z) (forward) or sigmoid(z), softplus'(delta + bias) and dout (``with_grad``).
+        Each is computed along the channel's contiguous row (vectorised), then transposed."""
+        zero = typed_zero(dtb[0, 0])
+        for c in range(width):
+            d = d_lo + c
+            bias = dbias[d] if has_bias else zero
+            delta_row = delta[b, d, t_lo : t_lo + steps]
+            if use_softplus:
+                for j in range(steps):
+                    tmp[j] = softplus(delta_row[j] + bias)
+            else:
+                for j in range(steps):
+                    tmp[j] = delta_row[j] + bias
+            _transpose_into(tmp, dtb, c, steps)
+            _transpose_into(u[b, d, t_lo : t_lo + steps], ub, c, steps)
+            if use_softplus and with_grad:
+                for j in range(steps):
+                    tmp[j] = sigmoid(delta_row[j] + bias)
+                _transpose_into(tmp, sb, c, steps)
+            if has_z:
+                z_row = z[b, d, t_lo : t_lo + steps]
+                _transpose_into(z_row, zb, c, steps)
+                if with_grad:
+                    for j in range(steps):
+                        tmp[j] = sigmoid(z_row[j])
+                else:
+                    for j in range(steps):
+                        tmp[j] = z_row[j] * sigmoid(z_row[j])
+                _transpose_into(tmp, gb, c, steps)
+            if with_grad:
+                _transpose_into(dout[b, d, t_lo : t_lo + steps], dyb, c, steps)
 
-    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    @njit(**_SERIAL)
     def _scan_fwd_channels(
         u, delta, A, Bt, Ct, Dv, z, dbias, h0,
         has_D, has_z, has_bias, use_softplus, has_h0,
         chunk, out, ckpt, hlast, b, g, d_lo, d_hi,
     ):  # fmt: skip
-        """Forward scan of channels [d_lo, d_hi) of sequence ``b`` (their B/C group ``g``).
-
-        Per chunk of ``chunk`` steps: the step scalars (dt, silu(z)) in one vectorised pass,
-        the recurrence with only the state update and the C readout in its inner loop, then
-        ``(y + D u) * silu(z)`` in a second vectorised pass. A plain (serial) function: numba
-        compiles this loop nest tighter here than inside a ``prange`` body (10-25% in a
-        same-process A/B)."""
+        """Forward scan of channels [d_lo, d_hi) of sequence ``b`` (their B/C group ``g``),
+        CHANNEL_BLOCK channels at a time; per chunk of ``chunk`` steps the state is saved to
+        ``ckpt`` before the chunk. A plain (serial) function called from the ``prange``: numba
+        compiles a loop nest tighter here than inside a ``prange`` body."""
         seqlen = u.shape[2]
         n_state = A.shape[1]
         n_chunks = ckpt.shape[2]
+        dtype = A.dtype
         zero = typed_zero(A[0, 0])
-        h = np.empty(n_state, dtype=A.dtype)
-        dtbuf = np.empty(chunk, dtype=A.dtype)  # delta after bias and softplus
-        gbuf = np.empty(chunk, dtype=A.dtype)  # silu(z)
-        ybuf = np.empty(chunk, dtype=A.dtype)  # C . h
-        for d in range(d_lo, d_hi):
-            a_row = A[d]
+        cb = CHANNEL_BLOCK
+        h = np.empty((n_state, cb), dtype=dtype)
+        a_t = np.empty((n_state, cb), dtype=dtype)
+        dtb = np.empty((chunk, cb), dtype=dtype)
+        tmp = np.empty(chunk, dtype=dtype)
+        ub = np.empty((chunk, cb), dtype=dtype)
+        zb = np.empty((chunk, cb), dtype=dtype)
+        gb = np.empty((chunk, cb), dtype=dtype)
+        dtu = np.empty(cb, dtype=dtype)
+        y = np.empty(cb, dtype=dtype)
+        outb = np.empty((chunk, cb), dtype=dtype)
+        for blk in range(d_lo, d_hi, cb):
+            w = min(cb, d_hi - blk)
             for n in range(n_state):
-                h[n] = h0[b, d, n] if has_h0 else zero
-            bias = dbias[d] if has_bias else zero
-            dd = Dv[d] if has_D else zero
-            u_row = u[b, d]
-            out_row = out[b, d]
+                for c in range(w):
+                    a_t[n, c] = A[blk + c, n]
+                    h[n, c] = h0[b, blk + c, n] if has_h0 else zero
             for ci in range(n_chunks):
                 t_lo = ci * chunk
-                t_hi = min(t_lo + chunk, seqlen)
-                for n in range(n_state):
-                    ckpt[b, d, ci, n] = h[n]
-                _chunk_prepass(
-                    delta[b, d], z[b, d] if has_z else z[0, 0], bias, use_softplus, has_z,
-                    t_lo, t_hi, dtbuf, gbuf,
+                steps = min(chunk, seqlen - t_lo)
+                for c in range(w):
+                    for n in range(n_state):
+                        ckpt[b, blk + c, ci, n] = h[n, c]
+                _step_scalars(
+                    u, delta, z, z, dbias, b, blk, w, t_lo, steps,
+                    has_z, has_bias, use_softplus, False, dtb, ub, zb, gb, gb, gb, tmp,
                 )  # fmt: skip
-                for t in range(t_lo, t_hi):
-                    dt = dtbuf[t - t_lo]
-                    dtu = dt * u_row[t]
+                for j in range(steps):
+                    t = t_lo + j
+                    dt_j = dtb[j]
+                    u_j = ub[j]
+                    for c in range(w):
+                        dtu[c] = dt_j[c] * u_j[c]
+                        y[c] = zero
                     b_row = Bt[b, g, t]
                     c_row = Ct[b, g, t]
-                    y = zero
                     for n in range(n_state):
-                        hn = fast_exp(dt * a_row[n]) * h[n] + dtu * b_row[n]
-                        h[n] = hn
-                        y += c_row[n] * hn
-                    ybuf[t - t_lo] = y
-                if has_z:
-                    for t in range(t_lo, t_hi):
-                        out_row[t] = (ybuf[t - t_lo] + dd * u_row[t]) * gbuf[t - t_lo]
-                else:
-                    for t in range(t_lo, t_hi):
-                        out_row[t] = ybuf[t - t_lo] + dd * u_row[t]
-            for n in range(n_state):
-                hlast[b, d, n] = h[n]
+                        bn = b_row[n]
+                        cn = c_row[n]
+                        h_n = h[n]
+                        a_n = a_t[n]
+                        for c in range(w):
+                            hv = fast_exp(dt_j[c] * a_n[c]) * h_n[c] + dtu[c] * bn
+                            h_n[c] = hv
+                            y[c] += cn * hv
+                    o_j = outb[j]
+                    for c in range(w):
+                        yc = y[c] + (Dv[blk + c] if has_D else zero) * u_j[c]
+                        o_j[c] = yc * gb[j, c] if has_z else yc
+                for c in range(w):
+                    out_row = out[b, blk + c]
+                    for j in range(steps):
+                        out_row[t_lo + j] = outb[j, c]
+            for c in range(w):
+                for n in range(n_state):
+                    hlast[b, blk + c, n] = h[n, c]
 
     @njit(**_JIT)
     def _scan_fwd_kernel(
@@ -340,7 +373,7 @@ if _HAVE_NUMBA:
                 chunk, out, ckpt, hlast, b, g, d_lo, d_hi,
             )  # fmt: skip
 
-    @njit(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    @njit(**_SERIAL)
     def _scan_bwd_channels(
         u, delta, A, Bt, Ct, Dv, z, dbias, ckpt, dout, dlast,
         has_D, has_z, has_bias, use_softplus, has_dlast,
@@ -348,107 +381,158 @@ if _HAVE_NUMBA:
         b, g, part, d_lo, d_hi,
     ):  # fmt: skip
         """Backward of channels [d_lo, d_hi) of sequence ``b`` (group ``g``, work item
-        ``part``), chunk by chunk from the last: recompute the chunk's states from its
-        checkpoint, then sweep back. A plain function, as for the forward."""
+        ``part``), CHANNEL_BLOCK channels at a time and chunk by chunk from the last:
+        recompute the chunk's states and decays from its checkpoint, then sweep back with the
+        state's adjoint ``lam`` (N, channels). dB and dC of a step are sums over channels,
+        added to the item's own rows of dB_acc / dC_acc."""
         seqlen = u.shape[2]
         n_state = A.shape[1]
         n_chunks = ckpt.shape[2]
+        dtype = A.dtype
         zero = typed_zero(A[0, 0])
         one = typed_one(A[0, 0])
-        n_ch = d_hi - d_lo
-        m = max(n_ch, 1)
-        lam_all = np.empty((m, n_state), dtype=A.dtype)  # adjoint of the state, per channel
-        dA_loc = np.zeros((m, n_state), dtype=A.dtype)
-        dD_loc = np.zeros(m, dtype=A.dtype)
-        dbias_loc = np.zeros(m, dtype=A.dtype)
-        hbuf = np.empty((chunk + 1, n_state), dtype=A.dtype)  # hbuf[j + 1] = state after t_lo+j
-        abuf = np.empty((chunk, n_state), dtype=A.dtype)  # exp(dt * A) of each step
-        dtbuf = np.empty(chunk, dtype=A.dtype)
-        sigbuf = np.empty(chunk, dtype=A.dtype)  # d softplus / dx
-        zsig = np.empty(chunk, dtype=A.dtype)  # sigmoid(z)
+        cb = CHANNEL_BLOCK
+        a_t = np.empty((n_state, cb), dtype=dtype)
+        lam = np.empty((n_state, cb), dtype=dtype)
+        dA = np.empty((n_state, cb), dtype=dtype)
+        hbuf = np.empty((chunk + 1, n_state, cb), dtype=dtype)
+        abuf = np.empty((chunk, n_state, cb), dtype=dtype)
+        dtb = np.empty((chunk, cb), dtype=dtype)
+        tmp = np.empty(chunk, dtype=dtype)
+        ub = np.empty((chunk, cb), dtype=dtype)
+        zb = np.empty((chunk, cb), dtype=dtype)
+        gb = np.empty((chunk, cb), dtype=dtype)
+        sb = np.empty((chunk, cb), dtype=dtype)
+        dyb = np.empty((chunk, cb), dtype=dtype)
+        dub = np.empty((chunk, cb), dtype=dtype)
+        ddb = np.empty((chunk, cb), dtype=dtype)
+        dzb = np.empty((chunk, cb), dtype=dtype)
+        dtu = np.empty(cb, dtype=dtype)
+        dy = np.empty(cb, dtype=dtype)
+        y = np.empty(cb, dtype=dtype)
+        ddt = np.empty(cb, dtype=dtype)
+        lam_b = np.empty(cb, dtype=dtype)
+        dd = np.empty(cb, dtype=dtype)
+        dD = np.empty(cb, dtype=dtype)
+        dbias_b = np.empty(cb, dtype=dtype)
         dB_own = dB_acc[b, g, part]
         dC_own = dC_acc[b, g, part]
         for t in range(seqlen):
             for n in range(n_state):
                 dB_own[t, n] = zero
                 dC_own[t, n] = zero
-        for c in range(n_ch):
+        for blk in range(d_lo, d_hi, cb):
+            w = min(cb, d_hi - blk)
+            for c in range(w):
+                dd[c] = Dv[blk + c] if has_D else zero
+                dD[c] = zero
+                dbias_b[c] = zero
             for n in range(n_state):
-                lam_all[c, n] = dlast[b, d_lo + c, n] if has_dlast else zero
-        for ci in range(n_chunks - 1, -1, -1):
-            t_lo = ci * chunk
-            t_hi = min(t_lo + chunk, seqlen)
-            for c in range(n_ch):
-                d = d_lo + c
-                a_row = A[d]
-                bias = dbias[d] if has_bias else zero
-                dd = Dv[d] if has_D else zero
-                # recompute the chunk's states and decays
-                for n in range(n_state):
-                    hbuf[0, n] = ckpt[b, d, ci, n]
-                _chunk_prepass_bwd(
-                    delta[b, d], z[b, d] if has_z else z[0, 0], bias, use_softplus, has_z,
-                    t_lo, t_hi, dtbuf, sigbuf, zsig,
+                for c in range(w):
+                    a_t[n, c] = A[blk + c, n]
+                    lam[n, c] = dlast[b, blk + c, n] if has_dlast else zero
+                    dA[n, c] = zero
+            for ci in range(n_chunks - 1, -1, -1):
+                t_lo = ci * chunk
+                steps = min(chunk, seqlen - t_lo)
+                _step_scalars(
+                    u, delta, z, dout, dbias, b, blk, w, t_lo, steps,
+                    has_z, has_bias, use_softplus, True, dtb, ub, zb, gb, sb, dyb, tmp,
                 )  # fmt: skip
-                for t in range(t_lo, t_hi):
-                    j = t - t_lo
-                    dt = dtbuf[j]
-                    dtu = dt * u[b, d, t]
-                    b_row = Bt[b, g, t]
+                # recompute the chunk's states and decays from its checkpoint
+                for c in range(w):
                     for n in range(n_state):
-                        a = fast_exp(dt * a_row[n])
-                        abuf[j, n] = a
-                        hbuf[j + 1, n] = a * hbuf[j, n] + dtu * b_row[n]
-                # sweep backwards
-                lam = lam_all[c]
-                dA_row = dA_loc[c]
-                for t in range(t_hi - 1, t_lo - 1, -1):
-                    j = t - t_lo
-                    dt = dtbuf[j]
-                    ut = u[b, d, t]
-                    dtu = dt * ut
+                        hbuf[0, n, c] = ckpt[b, blk + c, ci, n]
+                for j in range(steps):
+                    b_row = Bt[b, g, t_lo + j]
+                    dt_j = dtb[j]
+                    u_j = ub[j]
+                    for c in range(w):
+                        dtu[c] = dt_j[c] * u_j[c]
+                    for n in range(n_state):
+                        bn = b_row[n]
+                        a_n = a_t[n]
+                        h_old = hbuf[j, n]
+                        h_new = hbuf[j + 1, n]
+                        e_n = abuf[j, n]
+                        for c in range(w):
+                            e = fast_exp(dt_j[c] * a_n[c])
+                            e_n[c] = e
+                            h_new[c] = e * h_old[c] + dtu[c] * bn
+                # sweep back
+                for j in range(steps - 1, -1, -1):
+                    t = t_lo + j
                     b_row = Bt[b, g, t]
                     c_row = Ct[b, g, t]
-                    dC_row = dC_own[t]
-                    dB_row = dB_own[t]
-                    h_new = hbuf[j + 1]
-                    h_old = hbuf[j]
-                    a_j = abuf[j]
-                    dy = dout[b, d, t]
+                    dt_j = dtb[j]
+                    u_j = ub[j]
+                    dy_j = dyb[j]
+                    for c in range(w):
+                        dtu[c] = dt_j[c] * u_j[c]
                     if has_z:
-                        y = zero
+                        for c in range(w):
+                            y[c] = dd[c] * u_j[c]
                         for n in range(n_state):
-                            y += c_row[n] * h_new[n]
-                        y += dd * ut
-                        zt = z[b, d, t]
-                        sz = zsig[j]
-                        dz[b, d, t] = dy * y * sz * (one + zt * (one - sz))
-                        dy = dy * zt * sz
-                    dD_loc[c] += dy * ut
-                    ddt = zero
-                    lam_b = zero
+                            cn = c_row[n]
+                            h_new = hbuf[j + 1, n]
+                            for c in range(w):
+                                y[c] += cn * h_new[c]
+                        for c in range(w):
+                            zt = zb[j, c]
+                            sz = gb[j, c]
+                            dzb[j, c] = dy_j[c] * y[c] * sz * (one + zt * (one - sz))
+                            dy[c] = dy_j[c] * zt * sz
+                    else:
+                        for c in range(w):
+                            dy[c] = dy_j[c]
+                    for c in range(w):
+                        dD[c] += dy[c] * u_j[c]
+                        ddt[c] = zero
+                        lam_b[c] = zero
                     for n in range(n_state):
-                        ln = lam[n] + dy * c_row[n]
-                        dC_row[n] += dy * h_new[n]
-                        ah = a_j[n] * h_old[n]
-                        ddt += ln * a_row[n] * ah
-                        dA_row[n] += ln * dt * ah
-                        lam_b += ln * b_row[n]
-                        dB_row[n] += ln * dtu
-                        lam[n] = ln * a_j[n]
-                    du[b, d, t] = dy * dd + lam_b * dt
-                    ddt += lam_b * ut
-                    if use_softplus:
-                        ddt = ddt * sigbuf[j]
-                    ddelta[b, d, t] = ddt
-                    dbias_loc[c] += ddt
-        for c in range(n_ch):
-            d = d_lo + c
-            for n in range(n_state):
-                dh0[b, d, n] = lam_all[c, n]
-                dA_acc[b, d, n] = dA_loc[c, n]
-            dD_acc[b, d] = dD_loc[c]
-            dbias_acc[b, d] = dbias_loc[c]
+                        bn = b_row[n]
+                        cn = c_row[n]
+                        a_n = a_t[n]
+                        lam_n = lam[n]
+                        dA_n = dA[n]
+                        h_new = hbuf[j + 1, n]
+                        h_old = hbuf[j, n]
+                        e_n = abuf[j, n]
+                        sum_b = zero
+                        sum_c = zero
+                        for c in range(w):
+                            ln = lam_n[c] + dy[c] * cn
+                            sum_c += dy[c] * h_new[c]
+                            ah = e_n[c] * h_old[c]
+                            ddt[c] += ln * a_n[c] * ah
+                            dA_n[c] += ln * dt_j[c] * ah
+                            lam_b[c] += ln * bn
+                            sum_b += ln * dtu[c]
+                            lam_n[c] = ln * e_n[c]
+                        dB_own[t, n] += sum_b
+                        dC_own[t, n] += sum_c
+                    for c in range(w):
+                        dub[j, c] = dy[c] * dd[c] + lam_b[c] * dt_j[c]
+                        g_dt = ddt[c] + lam_b[c] * u_j[c]
+                        if use_softplus:
+                            g_dt = g_dt * sb[j, c]
+                        ddb[j, c] = g_dt
+                        dbias_b[c] += g_dt
+                for c in range(w):
+                    d = blk + c
+                    for j in range(steps):
+                        du[b, d, t_lo + j] = dub[j, c]
+                        ddelta[b, d, t_lo + j] = ddb[j, c]
+                    if has_z:
+                        for j in range(steps):
+                            dz[b, d, t_lo + j] = dzb[j, c]
+            for c in range(w):
+                d = blk + c
+                for n in range(n_state):
+                    dh0[b, d, n] = lam[n, c]
+                    dA_acc[b, d, n] = dA[n, c]
+                dD_acc[b, d] = dD[c]
+                dbias_acc[b, d] = dbias_b[c]
 
     @njit(**_JIT)
     def _scan_bwd_kernel(
@@ -486,11 +570,6 @@ def _compute_dtype(u: Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _padded_state(n: int) -> int:
-    """N rounded up to a multiple of SIMD_LANES."""
-    return -(-n // SIMD_LANES) * SIMD_LANES
-
-
 def _prep(x: Tensor, dtype: torch.dtype) -> Tensor:
     """Detached, ``dtype``, contiguous: at most one copy (always one for a leaf that requires
     grad — a parameter — so that its storage is never pinned by NumPy; see ``_prep_param``)."""
@@ -505,20 +584,9 @@ def _prep_param(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.detach().to(dtype=dtype, copy=True).contiguous()
 
 
-def _prep_state_last(x: Tensor, n_pad: int, dtype: torch.dtype) -> Tensor:
-    """(..., N) -> contiguous (..., n_pad) zero-padded, in one copy (or none when already fit)."""
-    n = x.shape[-1]
-    if n == n_pad:
-        return _prep(x, dtype)
-    out = torch.empty(*x.shape[:-1], n_pad, dtype=dtype)
-    out[..., n:].zero_()
-    out[..., :n].copy_(x.detach())
-    return out
-
-
-def _prep_bc(x: Tensor, n_pad: int, dtype: torch.dtype) -> Tensor:
-    """(batch, G, N, L) -> contiguous (batch, G, L, n_pad), zero-padded, in one copy."""
-    return _prep_state_last(x.transpose(-1, -2), n_pad, dtype)
+def _prep_bc(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """(batch, G, N, L) -> contiguous (batch, G, L, N), in one copy."""
+    return _prep(x.transpose(-1, -2), dtype)
 
 
 def _num_parts(batch: int, groups: int, dim_per_group: int) -> int:
@@ -540,20 +608,19 @@ class _SelectiveScanCPU(torch.autograd.Function):
         batch, dim, seqlen = u.shape
         n_state = A.shape[1]
         groups = B.shape[1]
-        n_pad = _padded_state(n_state)
         u_c, delta_c = _prep(u, cdt), _prep(delta, cdt)
-        A_c = _prep_state_last(A, n_pad, cdt)
-        B_c, C_c = _prep_bc(B, n_pad, cdt), _prep_bc(C, n_pad, cdt)
+        A_c = _prep(A, cdt)
+        B_c, C_c = _prep_bc(B, cdt), _prep_bc(C, cdt)
         D_c = None if D is None else _prep_param(D, cdt)
         z_c = None if z is None else _prep(z, cdt)
         bias_c = None if delta_bias is None else _prep_param(delta_bias, cdt)
-        h0_c = None if initial_state is None else _prep_state_last(initial_state, n_pad, cdt)
+        h0_c = None if initial_state is None else _prep(initial_state, cdt)
 
         n_chunks = -(-seqlen // CHECKPOINT_INTERVAL)
         n_parts = _num_parts(batch, groups, dim // groups)
         out = torch.empty(batch, dim, seqlen, dtype=cdt)
-        ckpt = torch.empty(batch, dim, n_chunks, n_pad, dtype=cdt)
-        hlast = torch.empty(batch, dim, n_pad, dtype=cdt)
+        ckpt = torch.empty(batch, dim, n_chunks, n_state, dtype=cdt)
+        hlast = torch.empty(batch, dim, n_state, dtype=cdt)
         d1 = np.zeros(1, dtype=u_c.numpy().dtype)
         d3 = np.zeros((1, 1, 1), dtype=d1.dtype)
         _scan_fwd_kernel(
@@ -565,35 +632,35 @@ class _SelectiveScanCPU(torch.autograd.Function):
         )  # fmt: skip
 
         ctx.save_for_backward(u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt)
-        ctx.meta = (n_state, n_parts, bool(delta_softplus))
+        ctx.meta = (n_parts, bool(delta_softplus))
         ctx.dtypes = tuple(
             None if x is None else x.dtype
             for x in (u, delta, A, B, C, D, z, delta_bias, initial_state)
         )
         ctx.set_materialize_grads(False)
-        return out.to(u.dtype), hlast[..., :n_state]
+        return out.to(u.dtype), hlast
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         u_c, delta_c, A_c, B_c, C_c, D_c, z_c, bias_c, ckpt = ctx.saved_tensors
-        n_state, n_parts, use_softplus = ctx.meta
+        n_parts, use_softplus = ctx.meta
         cdt = u_c.dtype
         batch, dim, seqlen = u_c.shape
-        groups, n_pad = B_c.shape[1], B_c.shape[3]
+        groups, n_state = B_c.shape[1], B_c.shape[3]
         if grad_out is None:
             grad_out = torch.zeros(batch, dim, seqlen, dtype=cdt)
         dout = _prep(grad_out, cdt)
-        dlast = None if grad_last is None else _prep_state_last(grad_last, n_pad, cdt)
+        dlast = None if grad_last is None else _prep(grad_last, cdt)
 
         du = torch.empty_like(u_c)
         ddelta = torch.empty_like(u_c)
         dz = torch.empty_like(u_c) if z_c is not None else None
-        dB_acc = torch.empty(batch, groups, n_parts, seqlen, n_pad, dtype=cdt)
+        dB_acc = torch.empty(batch, groups, n_parts, seqlen, n_state, dtype=cdt)
         dC_acc = torch.empty_like(dB_acc)
-        dA_acc = torch.empty(batch, dim, n_pad, dtype=cdt)
+        dA_acc = torch.empty(batch, dim, n_state, dtype=cdt)
         dD_acc = torch.empty(batch, dim, dtype=cdt)
         dbias_acc = torch.empty(batch, dim, dtype=cdt)
-        dh0 = torch.empty(batch, dim, n_pad, dtype=cdt)
+        dh0 = torch.empty(batch, dim, n_state, dtype=cdt)
         d1 = np.zeros(1, dtype=u_c.numpy().dtype)
         d3 = np.zeros((1, 1, 1), dtype=d1.dtype)
         _scan_bwd_kernel(
@@ -613,18 +680,18 @@ class _SelectiveScanCPU(torch.autograd.Function):
             return g.to(dts[i]) if need[i] and dts[i] is not None else None
 
         def bc_grad(acc: Tensor) -> Tensor:
-            return acc.sum(2)[..., :n_state].transpose(-1, -2)
+            return acc.sum(2).transpose(-1, -2)
 
         return (
             cast(0, du),
             cast(1, ddelta),
-            cast(2, dA_acc.sum(0)[:, :n_state]) if need[2] else None,
+            cast(2, dA_acc.sum(0)) if need[2] else None,
             cast(3, bc_grad(dB_acc)) if need[3] else None,
             cast(4, bc_grad(dC_acc)) if need[4] else None,
             cast(5, dD_acc.sum(0)) if need[5] else None,
             None if dz is None else cast(6, dz),
             cast(7, dbias_acc.sum(0)) if need[7] else None,
-            cast(8, dh0[..., :n_state]) if need[8] else None,
+            cast(8, dh0) if need[8] else None,
             None,
         )
 

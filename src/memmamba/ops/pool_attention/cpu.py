@@ -1,0 +1,276 @@
+"""Fused CPU attention over note-pool snapshots: numba forward and backward kernels.
+
+Same contract as ``naive.pool_attention_torch`` (float32 only), without its (window, offset)
+grid, its gathered (window, slot) key/value copies and its batched small matmuls. Work items
+are (sequence, head) pairs spread over numba's threads; each walks the tokens once in runs of
+consecutive tokens of one window, copies the run's valid keys and values of its head into a
+small contiguous block, and keeps every inner loop running over the run's tokens.
+
+The forward saves each token's log-sum-exp per head; the backward recomputes the attention
+weights from it (no (token, slot) tensor is kept) and writes the gradients of the queries and
+of the projected table rows. A (sequence, head) item owns its head's columns of every output,
+so the items never write the same memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..selective_scan.cpu import fast_exp, is_available
+
+if is_available():
+    from numba import njit, prange
+
+__all__ = ["is_available", "pool_attention_cpu"]
+
+if is_available():
+    _SERIAL = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+    _PARALLEL = dict(_SERIAL, parallel=True)
+
+    @njit(**_SERIAL)
+    def _run_end(token_window, b, start):
+        """End (exclusive) of the run of tokens of ``token_window[b, start]``'s window."""
+        length = token_window.shape[1]
+        stop = start + 1
+        while stop < length and token_window[b, stop] == token_window[b, start]:
+            stop += 1
+        return stop
+
+    @njit(**_SERIAL)
+    def _slot_block(k_table, v_table, index, valid, b, c, col, scale, keys, values, rows):
+        """Copies the valid slots of window c into keys (scaled), values (slots, dh) and their
+        table rows into rows; returns how many there are (0 for padding, c == C)."""
+        windows, slots = index.shape[1], index.shape[2]
+        dh = keys.shape[1]
+        if c >= windows:
+            return 0
+        count = 0
+        for m in range(slots):
+            if valid[b, c, m]:
+                row = index[b, c, m]
+                rows[count] = row
+                for j in range(dh):
+                    keys[count, j] = k_table[b, row, col + j] * scale
+                    values[count, j] = v_table[b, row, col + j]
+                count += 1
+        return count
+
+    @njit(**_SERIAL)
+    def _columns(x, b, start, n, col, dh):
+        """x[b, start:start+n, col:col+dh] transposed to a contiguous (dh, n) block."""
+        block = np.empty((dh, n), dtype=np.float32)
+        for i in range(n):
+            for j in range(dh):
+                block[j, i] = x[b, start + i, col + j]
+        return block
+
+    @njit(**_SERIAL)
+    def _logits(keys, queries, count):
+        """(count, n) = keys[:count] @ queries."""
+        dh, n = queries.shape
+        out = np.zeros((count, n), dtype=np.float32)
+        for m in range(count):
+            for j in range(dh):
+                k = keys[m, j]
+                for i in range(n):
+                    out[m, i] += k * queries[j, i]
+        return out
+
+    @njit(**_SERIAL)
+    def _forward_head(q, k_table, v_table, index, valid, token_window, b, h, heads, out, lse):
+        """Context of head h for every token of sequence b, and its log-sum-exp."""
+        length, width = q.shape[1], q.shape[2]
+        slots = index.shape[2]
+        dh = width // heads
+        col = h * dh
+        scale = np.float32(1.0 / math.sqrt(dh))
+        keys = np.empty((slots, dh), dtype=np.float32)
+        values = np.empty((slots, dh), dtype=np.float32)
+        rows = np.empty(slots, dtype=np.int64)
+        start = 0
+        while start < length:
+            stop = _run_end(token_window, b, start)
+            n = stop - start
+            c = token_window[b, start]
+            count = _slot_block(
+                k_table, v_table, index, valid, b, c, col, scale, keys, values, rows
+            )
+            if count == 0:  # padding, or an empty pool
+                for i in range(start, stop):
+                    lse[b, h, i] = 0.0
+                    for j in range(dh):
+                        out[b, i, col + j] = 0.0
+                start = stop
+                continue
+            weights = _logits(keys, _columns(q, b, start, n, col, dh), count)
+            top = np.full(n, -np.inf, dtype=np.float32)
+            for m in range(count):
+                for i in range(n):
+                    top[i] = max(top[i], weights[m, i])
+            total = np.zeros(n, dtype=np.float32)
+            for m in range(count):
+                for i in range(n):
+                    e = fast_exp(weights[m, i] - top[i])
+                    weights[m, i] = e
+                    total[i] += e
+            acc = np.zeros((dh, n), dtype=np.float32)
+            for m in range(count):
+                for j in range(dh):
+                    v = values[m, j]
+                    for i in range(n):
+                        acc[j, i] += v * weights[m, i]
+            for i in range(n):
+                inv = np.float32(1.0) / total[i]
+                lse[b, h, start + i] = top[i] + math.log(total[i])
+                for j in range(dh):
+                    out[b, start + i, col + j] = acc[j, i] * inv
+            start = stop
+
+    @njit(**_SERIAL)
+    def _backward_head(
+        q, k_table, v_table, index, valid, token_window, lse, dout, b, h, heads, dq, dk, dv
+    ):
+        """Gradients of head h of sequence b: dq's columns, and dk / dv summed into the table
+        rows each window read (dq, dk, dv start at zero)."""
+        length, width = q.shape[1], q.shape[2]
+        slots = index.shape[2]
+        dh = width // heads
+        col = h * dh
+        scale = np.float32(1.0 / math.sqrt(dh))
+        keys = np.empty((slots, dh), dtype=np.float32)
+        values = np.empty((slots, dh), dtype=np.float32)
+        rows = np.empty(slots, dtype=np.int64)
+        start = 0
+        while start < length:
+            stop = _run_end(token_window, b, start)
+            n = stop - start
+            c = token_window[b, start]
+            count = _slot_block(
+                k_table, v_table, index, valid, b, c, col, scale, keys, values, rows
+            )
+            if count == 0:
+                start = stop
+                continue
+            queries = _columns(q, b, start, n, col, dh)
+            grads = _columns(dout, b, start, n, col, dh)
+            probs = _logits(keys, queries, count)
+            for m in range(count):
+                for i in range(n):
+                    probs[m, i] = fast_exp(probs[m, i] - lse[b, h, start + i])
+            dprobs = _logits(values, grads, count)  # (count, n): dout . v
+            dot = np.zeros(n, dtype=np.float32)
+            for m in range(count):
+                for i in range(n):
+                    dot[i] += probs[m, i] * dprobs[m, i]
+            for m in range(count):
+                row = rows[m]
+                for j in range(dh):
+                    g = grads[j]
+                    acc = np.float32(0.0)
+                    for i in range(n):
+                        acc += probs[m, i] * g[i]
+                    dv[b, row, col + j] += acc
+                for i in range(n):  # d logits, in place
+                    dprobs[m, i] = probs[m, i] * (dprobs[m, i] - dot[i])
+            dquery = np.zeros((dh, n), dtype=np.float32)
+            for m in range(count):
+                row = rows[m]
+                for j in range(dh):
+                    k = keys[m, j]
+                    qj = queries[j]
+                    acc = np.float32(0.0)
+                    for i in range(n):
+                        dquery[j, i] += dprobs[m, i] * k
+                        acc += dprobs[m, i] * qj[i]
+                    dk[b, row, col + j] += acc * scale
+            for i in range(n):
+                for j in range(dh):
+                    dq[b, start + i, col + j] = dquery[j, i]
+            start = stop
+
+    @njit(**_PARALLEL)
+    def _forward_kernel(q, k_table, v_table, index, valid, token_window, heads, out, lse):
+        """q, out (B, L, S); k_table, v_table (B, T, S); index, valid (B, C, M);
+        token_window (B, L) (C for padding); lse (B, heads, L)."""
+        for item in prange(q.shape[0] * heads):
+            _forward_head(
+                q, k_table, v_table, index, valid, token_window,
+                item // heads, item % heads, heads, out, lse,
+            )  # fmt: skip
+
+    @njit(**_PARALLEL)
+    def _backward_kernel(
+        q, k_table, v_table, index, valid, token_window, lse, dout, heads, dq, dk, dv
+    ):
+        """Forward's arguments plus its lse and dout (B, L, S); writes dq (B, L, S) and
+        dk, dv (B, T, S), which must start at zero."""
+        for item in prange(q.shape[0] * heads):
+            _backward_head(
+                q, k_table, v_table, index, valid, token_window, lse, dout,
+                item // heads, item % heads, heads, dq, dk, dv,
+            )  # fmt: skip
+
+
+class _PoolAttentionCPU(torch.autograd.Function):
+    """Autograd wrapper of the kernels; gradients flow to q, k_table and v_table."""
+
+    @staticmethod
+    def forward(ctx, q, k_table, v_table, index, valid, token_window, heads):
+        q, k_table, v_table = (t.detach().contiguous() for t in (q, k_table, v_table))
+        index, valid, token_window = (t.contiguous() for t in (index, valid, token_window))
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[0], heads, q.shape[1], dtype=torch.float32)
+        _forward_kernel(
+            q.numpy(), k_table.numpy(), v_table.numpy(), index.numpy(), valid.numpy(),
+            token_window.numpy(), heads, out.numpy(), lse.numpy(),
+        )  # fmt: skip
+        ctx.save_for_backward(q, k_table, v_table, index, valid, token_window, lse)
+        ctx.heads = heads
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k_table, v_table, index, valid, token_window, lse = ctx.saved_tensors
+        dout = grad_out.to(torch.float32).contiguous()
+        dq = torch.zeros_like(q)
+        dk = torch.zeros_like(k_table)
+        dv = torch.zeros_like(v_table)
+        _backward_kernel(
+            q.numpy(), k_table.numpy(), v_table.numpy(), index.numpy(), valid.numpy(),
+            token_window.numpy(), lse.numpy(), dout.numpy(), ctx.heads,
+            dq.numpy(), dk.numpy(), dv.numpy(),
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None, None
+
+
+@torch.compiler.disable
+def pool_attention_cpu(
+    q: torch.Tensor,
+    k_table: torch.Tensor,
+    v_table: torch.Tensor,
+    index: torch.Tensor,
+    valid: torch.Tensor,
+    token_window: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """The fused kernels (float32 CPU tensors; differentiable in q, k_table and v_table).
+
+    Args:
+        q: (B, L, S) queries; k_table, v_table: (B, T, S) projected table rows.
+        index: (B, C, M) long, table row of each slot at each window's start;
+            valid: (B, C, M) bool.
+        token_window: (B, L) long, each token's window, C for padding
+            (``WindowLayout.token_window``).
+        heads: number of heads (dividing S).
+
+    Returns:
+        context (B, L, S); zero for padding tokens and empty pools.
+    """
+    if not is_available():
+        raise RuntimeError("the fused CPU pool attention needs numba")
+    return _PoolAttentionCPU.apply(q, k_table, v_table, index, valid, token_window, heads)
