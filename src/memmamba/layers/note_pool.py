@@ -1,12 +1,13 @@
 """Note taking and the per-layer note pool (causal, batched).
 
 A layer's normalised input x_t is projected to a note ``W_n x_t`` (``summary_size`` wide) and,
-with policy ``"score"``, scored by ``sigmoid(w.x_t + b)``. Notes are max-pooled over
-non-overlapping windows of ``note_window`` real tokens counted from each sequence's first real
-token; a window's note (and score, the max of its token scores) exists only after its last
-token. A completed window is inserted into the layer's pool of ``pool_size`` slots when the
-policy says so (score > tau_1, Fig. 2's periodic rule, or always); with policy ``"score"`` the
-stored note is ``score * note`` so that the scorer is trained through the attention.
+with policy ``"score"``, scored by ``sigmoid(w.x_t + b)``. Notes are max-pooled
+(``memmamba.ops.window_max``) over non-overlapping windows of ``note_window`` real tokens
+counted from each sequence's first real token; a window's note (and score, the max of its
+token scores) exists only after its last token. A completed window is inserted into the
+layer's pool of ``pool_size`` slots when the policy says so (score > tau_1, Fig. 2's periodic
+rule, or always); with policy ``"score"`` the stored note is ``score * note`` so that the
+scorer is trained through the attention.
 
 Replacement: ``"fifo"`` overwrites the oldest note. ``"priority"`` fills a free slot if there
 is one, otherwise replaces the lowest-score note iff the new score is higher by more than
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from ..ops import pool_plan
+from ..ops.window_max import window_max
 
 # Row 0 of the notes table is a zero note that empty slots may point to.
 EMPTY_ROW = 0
@@ -322,11 +324,7 @@ class NotePool(nn.Module):
         if state is None:
             state = self.empty_state(batch, x.device, x.dtype)
         notes = self.summarizer(x).to(x.dtype)  # (B, L, S); autocast may give a lower dtype
-        dump = torch.full(
-            (batch, windows + 1, self.summary_size), float("-inf"), device=x.device, dtype=x.dtype
-        )
-        idx = layout.token_window[..., None].expand(-1, -1, self.summary_size)
-        window_note = dump.scatter_reduce(1, idx, notes, "amax", include_self=True)[:, :windows]
+        window_note = window_max(notes, layout.token_window, windows)
         window_note = torch.cat(
             [
                 torch.maximum(window_note[:, :1], state.run_note[:, None].to(x.dtype)),
@@ -338,13 +336,8 @@ class NotePool(nn.Module):
         safe_note = torch.where(has[..., None], window_note, 0.0)
 
         if self.scorer is not None:
-            token_score = torch.sigmoid(self.scorer(x)[..., 0]).float()  # (B, L)
-            dump_score = torch.full(
-                (batch, windows + 1), float("-inf"), device=x.device, dtype=torch.float32
-            )
-            window_score = dump_score.scatter_reduce(
-                1, layout.token_window, token_score, "amax", include_self=True
-            )[:, :windows]
+            token_score = torch.sigmoid(self.scorer(x)).float()  # (B, L, 1)
+            window_score = window_max(token_score, layout.token_window, windows)[..., 0]
             window_score = torch.cat(
                 [torch.maximum(window_score[:, :1], state.run_score[:, None]), window_score[:, 1:]],
                 1,
