@@ -12,6 +12,7 @@ RETRIEVAL_GATES = ("always", "threshold", "periodic")
 FUSIONS = ("weighted", "gated", "residual")
 SCAN_BACKENDS = (None, "auto", "ref", "cpu", "chunked", "cuda")
 TIME_STEP_INIT_SCHEMES = ("random", "constant")
+CPU_HALF_COMPUTE = ("auto", "float32", "native")
 
 
 def _fail(field: str, value: object, allowed: str) -> None:
@@ -90,6 +91,13 @@ class MemMambaConfig(PretrainedConfig):
       ``min(torch.get_num_threads(), 4)`` when numba's threading layer is OpenMP or TBB, else 1;
       the threads spin while they wait for each other, so on cores that other processes keep
       busy 1 can be faster. Results are bit-identical for any value.
+    - ``cpu_half_compute`` (``"auto"``, ours): how a bfloat16 / float16 model computes
+      multi-token calls on CPU outside autograd. ``"float32"``: each layer (and the head) runs
+      with float32 copies of its weights, made per call and per layer so the extra memory is
+      one layer's; ``"native"``: in the weights' dtype; ``"auto"``: float32 when the CPU has no
+      native bfloat16 matmul (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), where
+      torch's half-precision GEMMs run tens of times slower than float32 ones. States and
+      notes are stored in the model's dtype either way.
     """
 
     model_type = "memmamba"
@@ -142,6 +150,7 @@ class MemMambaConfig(PretrainedConfig):
     scan_backend: str | None = None
     fused_decode: bool = True
     decode_threads: int | None = None
+    cpu_half_compute: str = "auto"
 
     def __post_init__(self, **kwargs):
         for field in ("hidden_size", "expand"):
@@ -206,6 +215,8 @@ class MemMambaConfig(PretrainedConfig):
             not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
         ):
             _fail("decode_threads", threads, "None (automatic) or a positive integer")
+        if self.cpu_half_compute not in CPU_HALF_COMPUTE:
+            _fail("cpu_half_compute", self.cpu_half_compute, f"one of {CPU_HALF_COMPUTE}")
         for field in ("summary_size", "pool_size", "note_window", "note_period", "memory_heads"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -27,6 +27,7 @@ from ..layers.note_pool import PoolSnapshots, WindowLayout
 from . import fast_decode
 from .cache import MemMambaCache
 from .configuration_memmamba import MemMambaConfig
+from .half_compute import float32_call, in_float32, state_in_dtype
 
 IGNORE_INDEX = -100
 MEMORY_PREFIX = "memory."
@@ -255,9 +256,11 @@ class MemMambaModel(MemMambaPreTrainedModel):
         hidden_states = inputs_embeds
         all_hidden = () if output_hidden_states else None
         snapshots: list[PoolSnapshots] = []
+        upcast = in_float32(self.config, self.embeddings.weight)
         for i, block in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
-            hidden_states, new_state, snap = block(
+            hidden_states, new_state, snap = (float32_call if upcast else _plain_call)(
+                block,
                 hidden_states,
                 layout=layout,
                 state=state,
@@ -266,6 +269,8 @@ class MemMambaModel(MemMambaPreTrainedModel):
                 return_state=use_cache,
             )
             snapshots.append(snap)
+            if upcast and new_state is not None:
+                new_state = state_in_dtype(new_state, cache.dtype)
             if use_cache:
                 # Later layers read this layer only through `snapshots` (pools as of each
                 # window's start), so replacing its state now keeps decoding causal.
@@ -278,7 +283,7 @@ class MemMambaModel(MemMambaPreTrainedModel):
                 if layout is not None
                 else cache.seen_tokens + (length if mask is None else mask.long().sum(1))
             )
-        hidden_states = self.norm_f(hidden_states)
+        hidden_states = (float32_call if upcast else _plain_call)(self.norm_f, hidden_states)
         if output_hidden_states:
             all_hidden = all_hidden + (hidden_states,)
 
@@ -369,6 +374,11 @@ class MemMambaModel(MemMambaPreTrainedModel):
             )
         mask = attention_mask[:, attention_mask.shape[1] - length :].to(torch.bool)
         return None if bool(mask.all()) else mask
+
+
+def _plain_call(module: nn.Module, *args, **kwargs):
+    """``module(*args, **kwargs)`` (the counterpart of ``float32_call``)."""
+    return module(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +477,11 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
                 hidden_states = hidden_states[:, -logits_to_keep:]
         else:
             hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
+        weight = self.lm_head.weight
+        if in_float32(self.config, weight):
+            logits = nn.functional.linear(hidden_states.float(), weight.float())
+        else:
+            logits = self.lm_head(hidden_states.to(weight.dtype)).float()
 
         loss = None
         if labels is not None:
