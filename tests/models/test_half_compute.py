@@ -56,3 +56,12 @@ def test_autograd_and_float32_models_keep_their_dtype():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="cpu_half_compute"):
         MemMambaConfig(**TINY, cpu_half_compute="fp8")
+
+
+def test_head_blocks_cover_the_vocabulary(monkeypatch):
+    monkeypatch.setattr(half_compute, "HEAD_ROWS_PER_BLOCK", 7)  # 50 rows: 7 full blocks + 1
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 3, 16, generator=g)
+    weight = torch.randn(VOCAB, 16, generator=g).to(torch.bfloat16)
+    want = hidden @ weight.float().T
+    torch.testing.assert_close(half_compute.float32_logits(hidden, weight), want)

@@ -20,7 +20,17 @@ from ..layers.block import LayerState
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
-__all__ = ["HALF_DTYPES", "cpu_has_native_bf16", "float32_call", "in_float32", "state_in_dtype"]
+HEAD_ROWS_PER_BLOCK = 8192
+"""Vocabulary rows of the head converted to float32 at a time (bounds the extra memory)."""
+
+__all__ = [
+    "HALF_DTYPES",
+    "cpu_has_native_bf16",
+    "float32_call",
+    "float32_logits",
+    "in_float32",
+    "state_in_dtype",
+]
 
 
 @functools.cache
@@ -49,6 +59,17 @@ def float32_call(module: nn.Module, *args, **kwargs):
         for name, t in itertools.chain(module.named_parameters(), module.named_buffers())
     }
     return torch.func.functional_call(module, tensors, args, kwargs)
+
+
+def float32_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """hidden (..., d) @ weight (V, d)^T in float32, converting HEAD_ROWS_PER_BLOCK rows of the
+    half-precision weight at a time. Returns (..., V) float32."""
+    hidden = hidden.float()
+    logits = hidden.new_empty(*hidden.shape[:-1], weight.shape[0])
+    for start in range(0, weight.shape[0], HEAD_ROWS_PER_BLOCK):
+        rows = weight[start : start + HEAD_ROWS_PER_BLOCK]
+        logits[..., start : start + rows.shape[0]] = nn.functional.linear(hidden, rows.float())
+    return logits
 
 
 def state_in_dtype(state: LayerState, dtype: torch.dtype) -> LayerState:

@@ -27,7 +27,7 @@ from ..layers.note_pool import PoolSnapshots, WindowLayout
 from . import fast_decode
 from .cache import MemMambaCache
 from .configuration_memmamba import MemMambaConfig
-from .half_compute import float32_call, in_float32, state_in_dtype
+from .half_compute import float32_call, float32_logits, in_float32, state_in_dtype
 
 IGNORE_INDEX = -100
 MEMORY_PREFIX = "memory."
@@ -479,7 +479,7 @@ class MemMambaForCausalLM(MemMambaPreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, logits_to_keep]
         weight = self.lm_head.weight
         if in_float32(self.config, weight):
-            logits = nn.functional.linear(hidden_states.float(), weight.float())
+            logits = float32_logits(hidden_states, weight)
         else:
             logits = self.lm_head(hidden_states.to(weight.dtype)).float()
 
