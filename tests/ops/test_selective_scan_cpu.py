@@ -172,6 +172,12 @@ def test_many_channels_uneven_parts() -> None:
     check_against_ref(args, softplus=True, ret_last=True, seed=6)
 
 
+def test_items_wider_than_a_channel_block() -> None:
+    # 300 channels per group: every work item spans several CHANNEL_BLOCKs and a partial one
+    args = make_inputs(2, 600, 70, 16, 2, seed=29)
+    check_against_ref(args, softplus=True, ret_last=True, seed=9)
+
+
 def test_bf16_long() -> None:
     args = make_inputs(1, 8, 2048, 16, 1, seed=17, dtype=torch.bfloat16)
     check_against_ref(args, softplus=True, ret_last=True, seed=8, rel=BF16_REL_RMSE,
