@@ -152,3 +152,17 @@ def test_unknown_preset():
 def test_config_roundtrip():
     cfg = TrainConfig()
     assert TrainConfig(**cfg.to_dict()) == cfg
+
+
+def test_auto_dtype_uses_bf16_only_where_it_is_faster(monkeypatch):
+    from memmamba.train import loop
+
+    cpu = torch.device("cpu")
+    assert loop.uses_bf16(TrainConfig(dtype="bf16"), cpu)
+    assert not loop.uses_bf16(TrainConfig(dtype="fp32"), cpu)
+    auto = TrainConfig(dtype="auto")
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    assert not loop.uses_bf16(auto, cpu)
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    assert loop.uses_bf16(auto, cpu)
+    assert preset("paper-200m").dtype == "auto"

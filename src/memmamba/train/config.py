@@ -20,7 +20,7 @@ from typing import Any
 
 MODELS = ("memmamba", "mamba", "llama")
 SCHEDULES = ("constant", "cosine")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "auto")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 RESUME = ("auto", "never", "must")
 
@@ -57,7 +57,9 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    dtype: str = "fp32"  # "bf16": autocast the forward in bfloat16
+    # "bf16": autocast the forward in bfloat16; "auto": bf16 where it is faster (a CUDA device
+    # with bf16, or a CPU with native bf16 matmul), else fp32
+    dtype: str = "fp32"
     seed: int = 123
     # evaluation, logging, checkpoints
     eval_every: int = 50
@@ -198,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0,
         seed=123,
         beta2=0.999,
-        dtype="bf16",
+        dtype="auto",
         eval_every=1000,
         eval_batches=16,
         save_every=1000,

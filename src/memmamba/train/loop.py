@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..data import WindowSampler, get_tokenizer, load_token_dataset
 from ..eval.common import model_family
 from ..models import MemMambaConfig, MemMambaForCausalLM
+from ..models.half_compute import cpu_has_native_bf16
 from ..models.llama_baseline import mamba_parameter_count, same_size_llama
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -92,6 +93,16 @@ def get_rows(sampler: WindowSampler, first: int, rows: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the forward runs under bf16 autocast (``cfg.dtype``; "auto" picks bf16 where it
+    is faster than fp32: a CUDA device with bf16 support, or a CPU with native bf16 matmul)."""
+    if cfg.dtype != "auto":
+        return cfg.dtype == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def sequence_loss(
     model,
     x: torch.Tensor,
@@ -110,7 +121,7 @@ def sequence_loss(
     info = info or dist.DistInfo()
     cache, total = None, torch.zeros((), dtype=torch.float64, device=x.device)
     seq_len = x.shape[1] - 1
-    autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.dtype == "bf16")
+    autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=uses_bf16(cfg, x.device))
     recurrent = cfg.model != "llama"
     chunk_len = cfg.train_chunk_len
     for c0 in range(0, seq_len, chunk_len):
