@@ -32,22 +32,30 @@ if is_available():
     _PARALLEL = dict(_SERIAL, parallel=True)
 
     @njit(**_SERIAL)
-    def _run_end(token_window, b, start):
-        """End (exclusive) of the run of tokens of ``token_window[b, start]``'s window."""
-        length = token_window.shape[1]
-        stop = start + 1
-        while stop < length and token_window[b, stop] == token_window[b, start]:
-            stop += 1
-        return stop
+    def _head_buffers(width, slots, h, heads):
+        """Head h's first column and score scale, and its (slots, dh) key and value blocks and
+        (slots,) table rows to fill per window."""
+        dh = width // heads
+        keys = np.empty((slots, dh), dtype=np.float32)
+        values = np.empty((slots, dh), dtype=np.float32)
+        rows = np.empty(slots, dtype=np.int64)
+        return h * dh, np.float32(1.0 / math.sqrt(dh)), keys, values, rows
 
     @njit(**_SERIAL)
-    def _slot_block(k_table, v_table, index, valid, b, c, col, scale, keys, values, rows):
-        """Copies the valid slots of window c into keys (scaled), values (slots, dh) and their
-        table rows into rows; returns how many there are (0 for padding, c == C)."""
+    def _window_run(k_table, v_table, index, valid, token_window, b, start, col, scale, keys,
+                    values, rows):  # fmt: skip
+        """The run of consecutive tokens of ``token_window[b, start]``'s window: returns its end
+        (exclusive) and how many valid slots that window reads (0 for padding, window C), whose
+        keys (scaled), values and table rows are copied into keys, values, rows."""
         windows, slots = index.shape[1], index.shape[2]
-        dh = keys.shape[1]
+        length = token_window.shape[1]
+        c = token_window[b, start]
+        stop = start + 1
+        while stop < length and token_window[b, stop] == c:
+            stop += 1
         if c >= windows:
-            return 0
+            return stop, 0
+        dh = keys.shape[1]
         count = 0
         for m in range(slots):
             if valid[b, c, m]:
@@ -57,7 +65,7 @@ if is_available():
                     keys[count, j] = k_table[b, row, col + j] * scale
                     values[count, j] = v_table[b, row, col + j]
                 count += 1
-        return count
+        return stop, count
 
     @njit(**_SERIAL)
     def _columns(x, b, start, n, col, dh):
@@ -83,22 +91,16 @@ if is_available():
     @njit(**_SERIAL)
     def _forward_head(q, k_table, v_table, index, valid, token_window, b, h, heads, out, lse):
         """Context of head h for every token of sequence b, and its log-sum-exp."""
-        length, width = q.shape[1], q.shape[2]
-        slots = index.shape[2]
-        dh = width // heads
-        col = h * dh
-        scale = np.float32(1.0 / math.sqrt(dh))
-        keys = np.empty((slots, dh), dtype=np.float32)
-        values = np.empty((slots, dh), dtype=np.float32)
-        rows = np.empty(slots, dtype=np.int64)
+        length = q.shape[1]
+        col, scale, keys, values, rows = _head_buffers(q.shape[2], index.shape[2], h, heads)
+        dh = keys.shape[1]
         start = 0
         while start < length:
-            stop = _run_end(token_window, b, start)
+            stop, count = _window_run(
+                k_table, v_table, index, valid, token_window, b, start, col, scale, keys, values,
+                rows,
+            )  # fmt: skip
             n = stop - start
-            c = token_window[b, start]
-            count = _slot_block(
-                k_table, v_table, index, valid, b, c, col, scale, keys, values, rows
-            )
             if count == 0:  # padding, or an empty pool
                 for i in range(start, stop):
                     lse[b, h, i] = 0.0
@@ -136,22 +138,16 @@ if is_available():
     ):
         """Gradients of head h of sequence b: dq's columns, and dk / dv summed into the table
         rows each window read (dq, dk, dv start at zero)."""
-        length, width = q.shape[1], q.shape[2]
-        slots = index.shape[2]
-        dh = width // heads
-        col = h * dh
-        scale = np.float32(1.0 / math.sqrt(dh))
-        keys = np.empty((slots, dh), dtype=np.float32)
-        values = np.empty((slots, dh), dtype=np.float32)
-        rows = np.empty(slots, dtype=np.int64)
+        length = q.shape[1]
+        col, scale, keys, values, rows = _head_buffers(q.shape[2], index.shape[2], h, heads)
+        dh = keys.shape[1]
         start = 0
         while start < length:
-            stop = _run_end(token_window, b, start)
+            stop, count = _window_run(
+                k_table, v_table, index, valid, token_window, b, start, col, scale, keys, values,
+                rows,
+            )  # fmt: skip
             n = stop - start
-            c = token_window[b, start]
-            count = _slot_block(
-                k_table, v_table, index, valid, b, c, col, scale, keys, values, rows
-            )
             if count == 0:
                 start = stop
                 continue
