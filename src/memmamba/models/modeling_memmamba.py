@@ -257,9 +257,10 @@ class MemMambaModel(MemMambaPreTrainedModel):
         all_hidden = () if output_hidden_states else None
         snapshots: list[PoolSnapshots] = []
         upcast = in_float32(self.config, self.embeddings.weight)
+        call = float32_call if upcast else _plain_call
         for i, block in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
-            hidden_states, new_state, snap = (float32_call if upcast else _plain_call)(
+            hidden_states, new_state, snap = call(
                 block,
                 hidden_states,
                 layout=layout,
@@ -283,7 +284,7 @@ class MemMambaModel(MemMambaPreTrainedModel):
                 if layout is not None
                 else cache.seen_tokens + (length if mask is None else mask.long().sum(1))
             )
-        hidden_states = (float32_call if upcast else _plain_call)(self.norm_f, hidden_states)
+        hidden_states = call(self.norm_f, hidden_states)
         if output_hidden_states:
             all_hidden = all_hidden + (hidden_states,)
 
