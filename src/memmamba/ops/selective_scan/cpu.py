@@ -240,8 +240,8 @@ if _HAVE_NUMBA:
         has_z, has_bias, use_softplus, with_grad, dtb, ub, zb, gb, sb, dyb, tmp,
     ):  # fmt: skip
         """Per-step scalars of channels [d_lo, d_lo + width) of sequence b over steps
-        [t_lo, t_lo + steps), into (step, channel) buffers: dt (bias, softplus), u, z, and
-        silu(z) (forward) or sigmoid(z), softplus'(delta + bias) and dout (``with_grad``).
+        [t_lo, t_lo + steps), into (step, channel) buffers: dt (bias, softplus), u, and
+        silu(z) (forward) or z, sigmoid(z), softplus'(delta + bias) and dout (``with_grad``).
         Each is computed along the channel's contiguous row (vectorised), then transposed."""
         zero = typed_zero(dtb[0, 0])
         for c in range(width):
@@ -262,8 +262,8 @@ if _HAVE_NUMBA:
                 _transpose_into(tmp, sb, c, steps)
             if has_z:
                 z_row = z[b, d, t_lo : t_lo + steps]
-                _transpose_into(z_row, zb, c, steps)
                 if with_grad:
+                    _transpose_into(z_row, zb, c, steps)
                     for j in range(steps):
                         tmp[j] = sigmoid(z_row[j])
                 else:
@@ -294,7 +294,6 @@ if _HAVE_NUMBA:
         dtb = np.empty((chunk, cb), dtype=dtype)
         tmp = np.empty(chunk, dtype=dtype)
         ub = np.empty((chunk, cb), dtype=dtype)
-        zb = np.empty((chunk, cb), dtype=dtype)
         gb = np.empty((chunk, cb), dtype=dtype)
         dtu = np.empty(cb, dtype=dtype)
         y = np.empty(cb, dtype=dtype)
@@ -313,7 +312,7 @@ if _HAVE_NUMBA:
                         ckpt[b, blk + c, ci, n] = h[n, c]
                 _step_scalars(
                     u, delta, z, z, dbias, b, blk, w, t_lo, steps,
-                    has_z, has_bias, use_softplus, False, dtb, ub, zb, gb, gb, gb, tmp,
+                    has_z, has_bias, use_softplus, False, dtb, ub, gb, gb, gb, gb, tmp,
                 )  # fmt: skip
                 for j in range(steps):
                     t = t_lo + j
