@@ -54,6 +54,17 @@ def test_fused_step_equals_torch_step_and_full_forward(policy, replacement, gate
 
 
 @torch.no_grad()
+def test_fused_step_with_pools_wider_than_one_padded_block():
+    """Pools of 40 notes: the key / value tables pad the slots to 64, and the attention reads
+    a partly filled, then full, then replaced pool (window 1, every token a note)."""
+    model = tiny_model(pool_size=40, note_window=1, note_policy="all")
+    ids = torch.randint(0, VOCAB, (2, 60))
+    fused, cache = _decode(model, ids, 10, fused=True)
+    assert cache._fused is not None
+    torch.testing.assert_close(fused, model(ids).logits[:, 10:], rtol=0, atol=ATOL)
+
+
+@torch.no_grad()
 def test_fused_step_without_memory_and_with_biases():
     model = tiny_model(use_memory=False, use_bias=True)
     ids = torch.randint(0, VOCAB, (3, PROMPT + STEPS))

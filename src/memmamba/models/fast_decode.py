@@ -159,6 +159,9 @@ class _Packed:
     plan: object = None
     """``decode_step.project_notes``'s entries (``_projection_plan``)."""
     cross_table_rows: int = 0
+    most_rows: int = 1
+    """Table rows that one attention reads at most (its probability scratch's width / K)."""
+    most_heads: int = 1
     threads: int = 1
     """Threads of ``model_step_threads`` (1: ``model_step``)."""
     layer_states: list[LayerState] = ()
@@ -298,10 +301,12 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
         notes = pool_arrays[0]
         n_layers, batch, slots, width = notes.shape
         cross = max(packed.cross_table_rows, 1)
+        slots_padded = kernels.table_width(slots)
         tables = tuple(
-            np.zeros((rows, batch, slots, width), dtype=np.float32)
+            np.zeros((rows, batch, width, slots_padded), dtype=np.float32)
             for rows in (n_layers, n_layers, cross, cross)
         )
+        probs = np.empty((2 * packed.most_heads, packed.most_rows * slots_padded), np.float32)
         inserted = np.zeros((n_layers, batch), dtype=np.int64)
         kernels.project_notes(packed.plan, notes, inserted[:0], *tables)
     else:
@@ -310,6 +315,7 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
             _dummy(4), _dummy(3, np.bool_), _dummy(3), _dummy(2, np.int64), _dummy(3), _dummy(2)
         )  # fmt: skip
         tables = (_dummy(4), _dummy(4), _dummy(4), _dummy(4))
+        probs = _dummy(2)
         inserted = _dummy(2, np.int64)
     cache.layers = [
         LayerState(conv=convs[i], ssm=ssms[i], pool=pools[i]) for i in range(len(layers))
@@ -333,6 +339,7 @@ def _pack_states(model: nn.Module, cache: MemMambaCache, packed: _Packed) -> Non
                 scores,
                 write_index,
                 tables,
+                probs,
                 inserted,
             )  # fmt: skip
         ]
@@ -383,6 +390,8 @@ def _pack(model: nn.Module, cache: MemMambaCache) -> _Packed:
             constants=kernels.packed([constants]),
             plan=_projection_plan(backbone, cross_rows),
             cross_table_rows=sum(len(rows) for rows in cross_rows),
+            most_rows=max([1, *(len(rows) for rows in cross_rows)]),
+            most_heads=config.memory_heads,
             threads=decode_threads(config),
         )
         cache._fused = packed

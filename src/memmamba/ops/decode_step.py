@@ -28,8 +28,9 @@ projecting every note again. The slow references are the batched torch forward a
 Layouts: states and pools are updated in place; pool arrays hold every layer,
 ``notes (layers, B, k, S)``, ``valid (layers, B, k)``, ``scores (layers, B, k)``,
 ``write_index (layers, B)``, ``run_note (layers, B, S)``, ``run_score (layers, B)``; the
-projection tables are ``(rows, B, k, S)``: row l of the token tables is layer l's projection
-of its own pool, the cross-layer tables have one row per (reading layer, source pool) pair.
+projection tables are ``(rows, B, S, K)``, transposed and with the slots padded to K
+(``table_width``): row l of the token tables is layer l's projection of its own pool, the
+cross-layer tables have one row per (reading layer, source pool) pair.
 """
 
 from __future__ import annotations
@@ -79,12 +80,21 @@ GEMV_BLOCK_ROWS = 64
 """Rows of a weight matrix per claimable block when the threads split a GEMV."""
 CHANNEL_BLOCK = 128
 """Inner channels per claimable block of the conv and the SSM update."""
+TABLE_SLOT_MULTIPLE = 32
+"""The projection tables' slot axis is padded to a multiple of this (four 8-lane vectors, what
+LLVM's vectoriser takes per iteration), so the attention's loops over slots have no scalar
+remainder."""
 MEMORY_PHASES = 3
 """Phases of the memory of one layer for one sequence (see ``_memory_phases``)."""
 PHASES_PER_LAYER = 6 + MEMORY_PHASES
 """Phases of one layer for one sequence: norm, the memory's, in_proj, conv, x_proj, SSM,
 out_proj (a model without memory skips the memory's)."""
 _COUNTER_BYTES = 8
+
+
+def table_width(slots: int) -> int:
+    """The padded slot count K of the projection tables for pools of ``slots`` notes."""
+    return -(-slots // TABLE_SLOT_MULTIPLE) * TABLE_SLOT_MULTIPLE
 
 
 def is_available() -> bool:
@@ -248,62 +258,64 @@ if _HAVE_NUMBA:
         return False
 
     @_jit
-    def _attend_head(q, heads, h, keys, values, rows, pools, valid, b, ctx):
+    def _attend_head(q, heads, h, keys, values, rows, pools, valid, b, ctx, probs):
         """Head ``h`` of one query's attention over the valid notes of some pools (at least
         one), reading the notes' key and value projections from tables kept beside the pools.
 
-        q (S,) the projected query; keys, values (P, B, k, S) projection tables; rows: the
-        table rows to read, pools: the pool layer of each (for ``valid`` (L, B, k)). Writes
-        the head's part of ctx (S,)."""
+        q (S,) the projected query; keys, values (P, B, S, K) transposed projection tables
+        (K >= k slots, a multiple of ``TABLE_SLOT_MULTIPLE``); rows: the table rows to read,
+        pools: the pool layer of each (for ``valid`` (L, B, k)); probs: scratch of at least
+        len(rows) * K. Writes the head's part of ctx (S,). Every loop over the padded slots
+        is a whole number of vector iterations; padding and empty slots get probability 0."""
         dh = q.shape[0] // heads
         lo, hi = h * dh, (h + 1) * dh
-        slots = keys.shape[2]
-        count = 0
-        for i in range(rows.shape[0]):
-            for m in range(slots):
-                if valid[pools[i], b, m]:
-                    count += 1
+        slots = valid.shape[2]
+        width = keys.shape[3]
+        columns = rows.shape[0] * width
         scale = np.float32(1.0 / math.sqrt(dh))
-        probs = np.empty(count, dtype=np.float32)
+        for c in range(columns):
+            probs[c] = 0.0
+        for i in range(rows.shape[0]):
+            key_t = keys[rows[i], b]
+            logits = probs[i * width : (i + 1) * width]
+            for j in range(lo, hi):
+                qj = q[j] * scale
+                for m in range(width):
+                    logits[m] += qj * key_t[j, m]
         top = np.float32(-np.inf)
-        n = 0
         for i in range(rows.shape[0]):
             for m in range(slots):
                 if valid[pools[i], b, m]:
-                    key = keys[rows[i], b, m]
-                    s = np.float32(0.0)
-                    for j in range(lo, hi):
-                        s += q[j] * key[j]
-                    s *= scale
-                    probs[n] = s
-                    top = max(top, s)
-                    n += 1
+                    top = max(top, probs[i * width + m])
+        for c in range(columns):
+            probs[c] = fast_exp(probs[c] - top)
         total = np.float32(0.0)
-        for n in range(count):
-            e = fast_exp(probs[n] - top)
-            probs[n] = e
-            total += e
+        for i in range(rows.shape[0]):
+            for m in range(width):
+                c = i * width + m
+                if m >= slots or not valid[pools[i], b, m]:
+                    probs[c] = 0.0
+                total += probs[c]
         inv = np.float32(1.0) / total
         for j in range(lo, hi):
-            ctx[j] = 0.0
-        n = 0
-        for i in range(rows.shape[0]):
-            for m in range(slots):
-                if valid[pools[i], b, m]:
-                    value = values[rows[i], b, m]
-                    p = probs[n] * inv
-                    for j in range(lo, hi):
-                        ctx[j] += p * value[j]
-                    n += 1
+            s = np.float32(0.0)
+            for i in range(rows.shape[0]):
+                value_t = values[rows[i], b]
+                for m in range(width):
+                    s += probs[i * width + m] * value_t[j, m]
+            ctx[j] = s * inv
 
     @_jit
     def project_notes(plan, notes, inserted, keys, values, cross_keys, cross_values):
         """Refresh the key / value tables after notes were written: for every entry
         (pool layer, table (0 token, 1 cross-layer), row, W_k (S, S), W_v (S, S)) of ``plan``
         and every sequence b, project the note in slot inserted[pool, b] (none when < 0;
-        every slot when ``inserted`` is empty). notes (L, B, k, S); tables (P, B, k, S)."""
+        every slot when ``inserted`` is empty) into column m of the tables. notes (L, B, k, S);
+        tables (P, B, S, K), K >= k."""
         n_layers, batch, slots, width = notes.shape
         every = inserted.shape[0] == 0
+        key = np.empty(width, dtype=np.float32)
+        value = np.empty(width, dtype=np.float32)
         for e in range(len(plan)):
             pool, table, row, k_w, v_w = plan[e]
             out_k = keys if table == 0 else cross_keys
@@ -314,8 +326,11 @@ if _HAVE_NUMBA:
                     lo = inserted[pool, b]
                     hi = lo + 1
                 for m in range(max(lo, 0), hi):
-                    _gemv(k_w, notes[pool, b, m], out_k[row, b, m])
-                    _gemv(v_w, notes[pool, b, m], out_v[row, b, m])
+                    _gemv(k_w, notes[pool, b, m], key)
+                    _gemv(v_w, notes[pool, b, m], value)
+                    for j in range(width):
+                        out_k[row, b, j, m] = key[j]
+                        out_v[row, b, j, m] = value[j]
 
     @_jit
     def _fuse_rows(kind, x, ctx, out_w, alpha, gate_w, gate_b, x_bar, lo, hi):
@@ -414,8 +429,8 @@ if _HAVE_NUMBA:
 
     @_jit
     def _memory_phases(
-        sync, phase, scratch, pos, b, layer, valid, run_note, run_score, tables, sum_w, sum_b,
-        policy, score_w, score_b, gate_kind, gate_w, gate_b, gate_threshold, period,
+        sync, phase, scratch, pos, b, layer, valid, run_note, run_score, tables, probs, sum_w,
+        sum_b, policy, score_w, score_b, gate_kind, gate_w, gate_b, gate_threshold, period,
         period_active, heads, tok_q, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
         has_cross, lay_q, lay_kind, lay_out, lay_alpha, lay_gw, lay_gb, sources, cross_rows,
     ):  # fmt: skip
@@ -423,7 +438,8 @@ if _HAVE_NUMBA:
         as ``MEMORY_PHASES`` phases from ``phase`` (returns the next): x_bar (d,) += the
         fused cross-token and cross-layer attention reads of x (d,), and the token joins its
         open window (running max of its note and of its score). tables: (keys, values,
-        cross_keys, cross_values), see ``project_notes``.
+        cross_keys, cross_values), see ``project_notes``; probs (2 heads, >= rows * K) the
+        attention blocks' scratch, one row each.
 
         1. three blocks: the token query (and the retrieval gate), the cross-layer query, the
            window note and score; 2. one block per (attention, head); 3. the fusion's rows."""
@@ -477,14 +493,17 @@ if _HAVE_NUMBA:
         while i < blocks:
             h = i % heads
             if i < heads and flags[0] != 0.0:
-                _attend_head(q_tok, heads, h, keys, values, own_layer, own_layer, valid, b, ctx_tok)
+                _attend_head(
+                    q_tok, heads, h, keys, values, own_layer, own_layer, valid, b, ctx_tok,
+                    probs[i],
+                )  # fmt: skip
                 dh = q_tok.shape[0] // heads
                 for j in range(h * dh, (h + 1) * dh):
                     ctx_tok[j] *= flags[2]
             elif i >= heads and flags[1] != 0.0:
                 _attend_head(
                     q_lay, heads, h, cross_keys, cross_values, cross_rows, sources, valid, b,
-                    ctx_lay,
+                    ctx_lay, probs[i],
                 )  # fmt: skip
             _block_done(sync, phase)
             i = _claim(sync, phase)
@@ -525,7 +544,7 @@ if _HAVE_NUMBA:
     @_jit
     def layer_step(
         sync, phase, scratch, hidden, conv_state, ssm_state, use_memory, layer, seen, valid,
-        run_note, run_score, tables, norm_w, eps,
+        run_note, run_score, tables, probs, norm_w, eps,
         in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
         out_w, out_b, has_out_b, sum_w, sum_b, policy, score_w, score_b,
         gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
@@ -542,7 +561,8 @@ if _HAVE_NUMBA:
         before this one; sum_w (S, d) / sum_b (S,) the summariser; score_w (d,) / score_b the
         scorer; query and fusion weights of the token (own_layer = [layer]) and cross-layer
         (sources: pool layers, cross_rows: their rows in the cross-layer tables) paths, whose
-        keys and values come from ``tables`` (see ``project_notes``). scratch: (x, x_bar (d,),
+        keys and values come from ``tables`` (see ``project_notes``); probs: the attention's
+        scratch (see ``_memory_phases``). scratch: (x, x_bar (d,),
         xz (2E,), xc, y (E,), dbc (R + 2N,), out (d,), then the memory's two queries and two
         contexts (S,) and its flags (3,)) shared by the threads."""
         x, x_bar, xz, xc, y, dbc, out = scratch[:7]
@@ -558,7 +578,7 @@ if _HAVE_NUMBA:
             if use_memory:
                 phase = _memory_phases(
                     sync, phase, scratch, seen[b], b, layer, valid, run_note, run_score, tables,
-                    sum_w, sum_b, policy, score_w, score_b, gate_kind, gate_w, gate_b,
+                    probs, sum_w, sum_b, policy, score_w, score_b, gate_kind, gate_w, gate_b,
                     gate_threshold, period, period_active, heads, tok_q, tok_kind, tok_out,
                     tok_alpha, tok_gw, tok_gb, own_layer, has_cross, lay_q, lay_kind, lay_out,
                     lay_alpha, lay_gw, lay_gb, sources, cross_rows,
@@ -693,7 +713,7 @@ if _HAVE_NUMBA:
         """One thread's share of ``model_step`` (every thread runs the same phases)."""
         (
             hidden, conv_state, ssm_state, seen, notes, valid, run_note, run_score, scores,
-            w_index, tables, inserted,
+            w_index, tables, probs, inserted,
         ) = states[0]  # fmt: skip
         (
             embeddings, use_memory, window, note_policy, note_threshold, note_period,
@@ -712,7 +732,7 @@ if _HAVE_NUMBA:
         for i in range(len(layers)):
             phase = layer_step(
                 sync, phase, scratch, hidden, conv_state[i], ssm_state[i], use_memory, i, seen,
-                valid, run_note, run_score, tables, *layers[i],
+                valid, run_note, run_score, tables, probs, *layers[i],
             )  # fmt: skip
         if _serial(sync, phase):
             if use_memory:
@@ -741,7 +761,8 @@ if _HAVE_NUMBA:
         plan: ``project_notes``'s entries (one for a model without memory: never read);
         states[0]: (hidden (B, d) scratch, conv_state (layers, B, E, W - 1), ssm_state
         (layers, B, E, N), seen, notes, valid, run_note, run_score, scores, write_index,
-        (keys, values, cross_keys, cross_values) tables, inserted (layers, B) scratch);
+        (keys, values, cross_keys, cross_values) tables, the attention's probs scratch (2 heads,
+        rows * K), inserted (layers, B) scratch);
         constants[0]: (embeddings (V, d), use_memory, window, note_policy, note_threshold,
         note_period, note_period_active, replacement, final_norm_w, final_eps, head_w).
         Returns the batch index of the first out-of-range id, or -1; nothing is updated when
