@@ -1,7 +1,8 @@
 """The CPU fast paths equal the general torch paths they bypass.
 
-numba pool planner vs the torch window loop, fused decode step vs the torch step, and the
-chunked prefill (``prefill_chunk_size``) vs one pass.
+numba pool planner vs the torch window loop, the one-kernel note-pool bookkeeping vs the torch
+path, fused decode step vs the torch step, and the chunked prefill (``prefill_chunk_size``) vs
+one pass.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import torch
 
 from memmamba.layers import note_pool
 from memmamba.layers.mamba_mixer import MambaMixer
-from memmamba.ops import mixer_step, pool_plan
-from tests.models.tiny import tiny_config
+from memmamba.ops import mixer_step, note_windows, pool_plan
+from tests.models.tiny import GRID, tiny_config
 
 TRIALS = 200
 ATOL = 1e-5
@@ -40,6 +41,58 @@ def test_numba_plan_equals_torch_loop(monkeypatch, replacement):
         args = (valid, scores, write, eligible, new, replacement)
         for got, want in zip(note_pool.plan_pool(*args), _torch_plan(monkeypatch, *args)):
             assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def _pool_calls(pool, calls, lengths, pad):
+    """Run ``pool`` over consecutive calls carrying its state; returns every output."""
+    g = torch.Generator().manual_seed(1)
+    batch = 3
+    state, seen, outputs = None, torch.zeros(batch, dtype=torch.long), []
+    for length in lengths[:calls]:
+        x = torch.randn(batch, length, pool.summarizer.in_features, generator=g)
+        mask = torch.ones(batch, length, dtype=torch.long)
+        if pad:
+            mask[0, : length // 3] = 0  # left padding in one sequence
+        layout = note_pool.WindowLayout.build(mask, seen, length, pool.window)
+        snapshots, state = pool(x, layout, state, return_state=True)
+        outputs.append(
+            (snapshots.table, snapshots.index, snapshots.valid, *state.tensors().values())
+        )
+        seen = layout.seen_after
+    return outputs
+
+
+@needs_numba
+@pytest.mark.parametrize("policy,replacement", [(g[0], g[1]) for g in GRID[::9]],
+                         ids=["-".join(g[:2]) for g in GRID[::9]])  # fmt: skip
+@pytest.mark.parametrize("pad", [False, True])
+@torch.no_grad()
+def test_fused_note_pool_equals_torch_path(monkeypatch, policy, replacement, pad):
+    """Snapshots and state after each call, bit for bit, over calls that start and end
+    inside windows, fill the pool and replace notes (window 4, pool 3)."""
+    torch.manual_seed(0)
+    # note_period_active = window: a periodic window starting at 4 (mod 12) is just outside
+    pool = note_pool.NotePool(
+        tiny_config(note_policy=policy, pool_replacement=replacement, note_period_active=4)
+    )
+    if pool.scorer is not None:
+        torch.nn.init.normal_(pool.scorer.weight, std=2.0)  # scores on both sides of tau_1
+    lengths = (7, 1, 13, 2, 21)
+    fused = _pool_calls(pool, len(lengths), lengths, pad)
+    with monkeypatch.context() as m:
+        m.setattr(note_windows, "note_windows_applies", lambda *a: False)
+        plain = _pool_calls(pool, len(lengths), lengths, pad)
+    for call, (got, want) in enumerate(zip(fused, plain, strict=True)):
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert a.dtype == b.dtype and torch.equal(a, b), (call, i)
+
+
+def test_fused_note_pool_steps_aside_for_gradients():
+    notes = torch.zeros(1, 4, 8, requires_grad=True)
+    assert not note_windows.note_windows_applies(notes, [])
+    with torch.no_grad():
+        assert note_windows.note_windows_applies(notes, []) == pool_plan.is_available()
+    assert not note_windows.note_windows_applies(notes.detach().double(), [])
 
 
 @needs_numba

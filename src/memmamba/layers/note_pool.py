@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops import pool_plan
+from ..ops import note_windows, pool_plan
 from ..ops.window_max import window_max
 
 # Row 0 of the notes table is a zero note that empty slots may point to.
@@ -324,6 +324,11 @@ class NotePool(nn.Module):
         if state is None:
             state = self.empty_state(batch, x.device, x.dtype)
         notes = self.summarizer(x).to(x.dtype)  # (B, L, S); autocast may give a lower dtype
+        token_score = None
+        if self.scorer is not None:
+            token_score = torch.sigmoid(self.scorer(x)).float()  # (B, L, 1)
+        if note_windows.note_windows_applies(notes, state.tensors().values()):
+            return self._fused(notes, token_score, layout, state, return_state)
         window_note = window_max(notes, layout.token_window, windows)
         window_note = torch.cat(
             [
@@ -335,8 +340,7 @@ class NotePool(nn.Module):
         has = layout.has_tokens
         safe_note = torch.where(has[..., None], window_note, 0.0)
 
-        if self.scorer is not None:
-            token_score = torch.sigmoid(self.scorer(x)).float()  # (B, L, 1)
+        if token_score is not None:
             window_score = window_max(token_score, layout.token_window, windows)[..., 0]
             window_score = torch.cat(
                 [torch.maximum(window_score[:, :1], state.run_score[:, None]), window_score[:, 1:]],
@@ -388,6 +392,33 @@ class NotePool(nn.Module):
             run_score=run_score,
         )
         return snapshots, new_state
+
+    def _fused(
+        self,
+        notes: torch.Tensor,
+        token_score: torch.Tensor | None,
+        layout: WindowLayout,
+        state: PoolState,
+        return_state: bool,
+    ) -> tuple[PoolSnapshots, PoolState | None]:
+        """``forward``'s bookkeeping after the projections as one CPU kernel (float32, no
+        gradient): the same snapshots and state, bit for bit (``ops.note_windows``)."""
+        table, index, valid, after = note_windows.note_windows_cpu(
+            notes,
+            None if token_score is None else token_score[..., 0],
+            layout,
+            state,
+            self.policy,
+            self.threshold,
+            self.period,
+            self.period_active,
+            self.replacement,
+            TABLE_OFFSET,
+        )
+        snapshots = PoolSnapshots(table=table, index=index, valid=valid)
+        if not return_state:
+            return snapshots, None
+        return snapshots, PoolState(**after)
 
 
 __all__ = ["NotePool", "PoolSnapshots", "PoolState", "WindowLayout", "plan_pool"]

@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
-__all__ = ["is_available", "plan_pool_cpu"]
+__all__ = ["REPLACEMENT_CODES", "is_available", "plan_pool_cpu", "replay_pool"]
 
 FIFO = 0
 PRIORITY = 1
@@ -34,7 +34,7 @@ PRIORITY_TIE_MARGIN = 1e-6
 (one-token kernels) compute a score with different summation orders, so an exact tie (the same
 token closing two windows of layer 0) would otherwise be broken by last-bit rounding, and the
 two paths would keep different notes."""
-_REPLACEMENTS = {"fifo": FIFO, "priority": PRIORITY}
+REPLACEMENT_CODES = {"fifo": FIFO, "priority": PRIORITY}
 
 
 def is_available() -> bool:
@@ -45,7 +45,7 @@ def is_available() -> bool:
 if _HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
-    def _plan_kernel(
+    def replay_pool(
         valid, scores, write_index, eligible, new_scores, policy, row_offset,
         out_index, out_valid,
     ):  # fmt: skip
@@ -117,13 +117,13 @@ def plan_pool_cpu(
     write_w = write_index.detach().to(torch.int64).clone().contiguous()
     out_index = torch.empty(batch, windows + 1, k, dtype=torch.int64)
     out_valid = torch.empty(batch, windows, k, dtype=torch.bool)
-    _plan_kernel(
+    replay_pool(
         valid_w.numpy(),
         scores_w.numpy(),
         write_w.numpy(),
         eligible.detach().to(torch.bool).contiguous().numpy(),
         new_scores.detach().to(torch.float32).contiguous().numpy(),
-        _REPLACEMENTS[replacement],
+        REPLACEMENT_CODES[replacement],
         row_offset,
         out_index.numpy(),
         out_valid.numpy(),

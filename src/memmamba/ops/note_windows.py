@@ -1,0 +1,194 @@
+"""A call's note windows and pool replay in one CPU kernel (inference).
+
+``NotePool.forward`` turns a call's token notes ``W_n x_t + b`` (and, with policy ``"score"``,
+token scores) into the pool snapshot of every window and the pool after the call. Its torch
+path (any device, autograd) spends ~25 small tensor operations and three kernel launches on
+this per layer and call, which at a chunk of a few hundred tokens cost several times the
+arithmetic. ``note_windows_cpu`` does all of it in one numba call for float32 CPU tensors when
+no gradient is needed: window max-pooling merged with the carried-in open window, the stored
+notes, the policy's eligibility, the replacement replay (``pool_plan.replay_pool``), the notes
+table and the state after the call. Every value is the same as the torch path's, bit for bit:
+the operations are maxima, selections and one float32 product per element
+(``tests/layers/test_cpu_fast_paths.py`` compares them exactly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .pool_plan import REPLACEMENT_CODES, is_available, replay_pool
+
+if is_available():
+    from numba import njit
+
+__all__ = ["POLICY_CODES", "is_available", "note_windows_applies", "note_windows_cpu"]
+
+POLICY_CODES = {"score": 0, "periodic": 1, "all": 2}
+
+if is_available():
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _max_into(row, values):
+        """row = max(row, values) elementwise; a NaN in either stays (as torch.maximum)."""
+        for j in range(row.shape[0]):
+            v = values[j]
+            if v > row[j] or v != v:
+                row[j] = v
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _note_windows_kernel(
+        notes, token_score, token_window, has_tokens, complete, window_start, last_window,
+        run_note, run_score, state_notes, valid, scores, write_index,
+        policy, threshold, period, period_active, replacement, row_offset,
+        window_note, window_score, table, out_index, out_valid,
+    ):  # fmt: skip
+        """notes (B, L, S), token_score (B, L) (empty without a scorer), token_window (B, L),
+        has_tokens / complete / window_start (B, C), last_window (B,), the pool before the call
+        (run_note (B, S), run_score (B,), state_notes (B, k, S), and valid (B, k), scores
+        (B, k), write_index (B,), updated in place to the pool after the call). Writes
+        window_note (B, C, S), window_score (B, C), table (B, 1 + k + C, S), out_index
+        (B, C + 1, k) and out_valid (B, C, k) as ``plan_pool`` returns them."""
+        batch, length, width = notes.shape
+        windows = has_tokens.shape[1]
+        slots = state_notes.shape[1]
+        scored = token_score.shape[1] > 0
+        eligible = np.empty((batch, windows), dtype=np.bool_)
+        insert_score = np.empty((batch, windows), dtype=np.float32)
+        for b in range(batch):
+            window_note[b] = -np.inf
+            window_score[b] = -np.inf
+            for t in range(length):
+                c = token_window[b, t]
+                if c < windows:
+                    _max_into(window_note[b, c], notes[b, t])
+                    if scored:
+                        s = token_score[b, t]
+                        if s > window_score[b, c] or s != s:
+                            window_score[b, c] = s
+            _max_into(window_note[b, 0], run_note[b])
+            if scored and (run_score[b] > window_score[b, 0] or run_score[b] != run_score[b]):
+                window_score[b, 0] = run_score[b]
+            for r in range(row_offset):
+                table[b, r] = 0.0
+            for s in range(slots):
+                table[b, row_offset + s] = state_notes[b, s]
+            for c in range(windows):
+                has = has_tokens[b, c]
+                score = np.float32(1.0)
+                if scored:
+                    score = window_score[b, c] if has else np.float32(0.0)
+                row = table[b, row_offset + slots + c]
+                for j in range(width):
+                    note = window_note[b, c, j] if has else np.float32(0.0)
+                    row[j] = score * note if scored else note
+                if policy == 0:
+                    passes = score > threshold
+                elif policy == 1:
+                    passes = window_start[b, c] % period < period_active
+                else:
+                    passes = True
+                eligible[b, c] = complete[b, c] and has and passes
+                insert_score[b, c] = score
+        replay_pool(
+            valid, scores, write_index, eligible, insert_score, replacement, row_offset,
+            out_index, out_valid,
+        )  # fmt: skip
+        for b in range(batch):
+            last = last_window[b]
+            if complete[b, last]:
+                run_note[b] = -np.inf
+                if scored:
+                    run_score[b] = -np.inf
+            else:
+                run_note[b] = window_note[b, last]
+                if scored:
+                    run_score[b] = window_score[b, last]
+            for s in range(slots):
+                state_notes[b, s] = table[b, out_index[b, windows, s]]
+
+
+def note_windows_applies(notes: torch.Tensor, state_tensors) -> bool:
+    """The kernel takes float32 CPU notes when no gradient has to flow through them."""
+    needs_grad = torch.is_grad_enabled() and (
+        notes.requires_grad or any(t.requires_grad for t in state_tensors)
+    )
+    return (
+        is_available()
+        and not needs_grad
+        and notes.device.type == "cpu"
+        and notes.dtype == torch.float32
+        and all(t.device.type == "cpu" for t in state_tensors)
+    )
+
+
+@torch.no_grad()
+def note_windows_cpu(
+    notes: torch.Tensor,
+    token_score: torch.Tensor | None,
+    layout,
+    state,
+    policy: str,
+    threshold: float,
+    period: int,
+    period_active: int,
+    replacement: str,
+    row_offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
+    """A call's pool snapshots and the pool after it, in one kernel.
+
+    Args:
+        notes: (B, L, S) float32 token notes; token_score: (B, L) float32 sigmoid scores, or
+            None without a scorer.
+        layout: the call's ``WindowLayout``; state: the ``PoolState`` before the call.
+        policy, threshold, period, period_active, replacement: the ``NotePool``'s settings.
+        row_offset: table row of the first carried-in slot (``note_pool.TABLE_OFFSET``).
+
+    Returns:
+        (table (B, 1 + k + C, S), index (B, C, k), valid (B, C, k), the state after the call as
+        a dict of ``PoolState``'s fields). The input state is not modified.
+    """
+    batch, _, width = notes.shape
+    windows = layout.num_windows
+    slots = state.notes.shape[1]
+    after = {
+        "notes": state.notes.to(torch.float32).clone(memory_format=torch.contiguous_format),
+        "scores": state.scores.to(torch.float32).clone(memory_format=torch.contiguous_format),
+        "valid": state.valid.to(torch.bool).clone(memory_format=torch.contiguous_format),
+        "write_index": state.write_index.to(torch.int64).clone(),
+        "run_note": state.run_note.to(torch.float32).clone(memory_format=torch.contiguous_format),
+        "run_score": state.run_score.to(torch.float32).clone(),
+    }
+    scored = token_score is not None
+    window_note = torch.empty(batch, windows, width)
+    window_score = torch.empty(batch, windows)
+    table = torch.empty(batch, row_offset + slots + windows, width)
+    index = torch.empty(batch, windows + 1, slots, dtype=torch.int64)
+    valid = torch.empty(batch, windows, slots, dtype=torch.bool)
+    _note_windows_kernel(
+        notes.contiguous().numpy(),
+        token_score.contiguous().numpy() if scored else np.empty((batch, 0), np.float32),
+        layout.token_window.contiguous().numpy(),
+        layout.has_tokens.contiguous().numpy(),
+        layout.complete.contiguous().numpy(),
+        layout.window_start.contiguous().numpy(),
+        layout.last_window.contiguous().numpy(),
+        after["run_note"].numpy(),
+        after["run_score"].numpy(),
+        after["notes"].numpy(),
+        after["valid"].numpy(),
+        after["scores"].numpy(),
+        after["write_index"].numpy(),
+        POLICY_CODES[policy],
+        np.float32(threshold),
+        int(period),
+        int(period_active),
+        REPLACEMENT_CODES[replacement],
+        int(row_offset),
+        window_note.numpy(),
+        window_score.numpy(),
+        table.numpy(),
+        index.numpy(),
+        valid.numpy(),
+    )
+    return table, index[:, :windows], valid, after
