@@ -88,11 +88,15 @@ def test_fused_note_pool_equals_torch_path(monkeypatch, policy, replacement, pad
 
 
 def test_fused_note_pool_steps_aside_for_gradients():
+    state = note_pool.NotePool(tiny_config()).empty_state(1, torch.device("cpu"), torch.float32)
     notes = torch.zeros(1, 4, 8, requires_grad=True)
-    assert not note_windows.note_windows_applies(notes, [])
+    assert not note_windows.note_windows_applies(notes, state)
+    assert note_windows.note_windows_applies(notes.detach(), state) == pool_plan.is_available()
+    state.run_note.requires_grad_(True)  # a state that gradients must reach
+    assert not note_windows.note_windows_applies(notes.detach(), state)
     with torch.no_grad():
-        assert note_windows.note_windows_applies(notes, []) == pool_plan.is_available()
-    assert not note_windows.note_windows_applies(notes.detach().double(), [])
+        assert note_windows.note_windows_applies(notes, state) == pool_plan.is_available()
+    assert not note_windows.note_windows_applies(notes.detach().double(), state)
 
 
 @needs_numba

@@ -327,7 +327,7 @@ class NotePool(nn.Module):
         token_score = None
         if self.scorer is not None:
             token_score = torch.sigmoid(self.scorer(x)).float()  # (B, L, 1)
-        if note_windows.note_windows_applies(notes, state.tensors().values()):
+        if note_windows.note_windows_applies(notes, state):
             return self._fused(notes, token_score, layout, state, return_state)
         window_note = window_max(notes, layout.token_window, windows)
         window_note = torch.cat(

@@ -108,18 +108,21 @@ if is_available():
                 state_notes[b, s] = table[b, out_index[b, windows, s]]
 
 
-def note_windows_applies(notes: torch.Tensor, state_tensors) -> bool:
-    """The kernel takes float32 CPU notes when no gradient has to flow through them."""
-    needs_grad = torch.is_grad_enabled() and (
-        notes.requires_grad or any(t.requires_grad for t in state_tensors)
+def note_windows_applies(notes: torch.Tensor, state) -> bool:
+    """The kernel takes float32 CPU notes when no gradient has to flow through them or through
+    the pool ``state`` (a ``PoolState``)."""
+    if not is_available() or notes.device.type != "cpu" or notes.dtype != torch.float32:
+        return False
+    if state.notes.device.type != "cpu":
+        return False
+    return not torch.is_grad_enabled() or not (
+        notes.requires_grad or any(t.requires_grad for t in state.tensors().values())
     )
-    return (
-        is_available()
-        and not needs_grad
-        and notes.device.type == "cpu"
-        and notes.dtype == torch.float32
-        and all(t.device.type == "cpu" for t in state_tensors)
-    )
+
+
+def _copy(t: torch.Tensor, dtype) -> np.ndarray:
+    """An owned, contiguous numpy copy of ``t`` in ``dtype``."""
+    return np.array(t.detach().numpy(), dtype=dtype, order="C", copy=True)
 
 
 @torch.no_grad()
@@ -134,7 +137,7 @@ def note_windows_cpu(
     period_active: int,
     replacement: str,
     row_offset: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, object]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """A call's pool snapshots and the pool after it, in one kernel.
 
     Args:
@@ -152,43 +155,48 @@ def note_windows_cpu(
     windows = layout.num_windows
     slots = state.notes.shape[1]
     after = {
-        "notes": state.notes.to(torch.float32).clone(memory_format=torch.contiguous_format),
-        "scores": state.scores.to(torch.float32).clone(memory_format=torch.contiguous_format),
-        "valid": state.valid.to(torch.bool).clone(memory_format=torch.contiguous_format),
-        "write_index": state.write_index.to(torch.int64).clone(),
-        "run_note": state.run_note.to(torch.float32).clone(memory_format=torch.contiguous_format),
-        "run_score": state.run_score.to(torch.float32).clone(),
+        "notes": _copy(state.notes, np.float32),
+        "scores": _copy(state.scores, np.float32),
+        "valid": _copy(state.valid, np.bool_),
+        "write_index": _copy(state.write_index, np.int64),
+        "run_note": _copy(state.run_note, np.float32),
+        "run_score": _copy(state.run_score, np.float32),
     }
-    scored = token_score is not None
-    window_note = torch.empty(batch, windows, width)
-    window_score = torch.empty(batch, windows)
-    table = torch.empty(batch, row_offset + slots + windows, width)
-    index = torch.empty(batch, windows + 1, slots, dtype=torch.int64)
-    valid = torch.empty(batch, windows, slots, dtype=torch.bool)
+    table = np.empty((batch, row_offset + slots + windows, width), dtype=np.float32)
+    index = np.empty((batch, windows + 1, slots), dtype=np.int64)
+    valid = np.empty((batch, windows, slots), dtype=np.bool_)
     _note_windows_kernel(
-        notes.contiguous().numpy(),
-        token_score.contiguous().numpy() if scored else np.empty((batch, 0), np.float32),
-        layout.token_window.contiguous().numpy(),
-        layout.has_tokens.contiguous().numpy(),
-        layout.complete.contiguous().numpy(),
-        layout.window_start.contiguous().numpy(),
-        layout.last_window.contiguous().numpy(),
-        after["run_note"].numpy(),
-        after["run_score"].numpy(),
-        after["notes"].numpy(),
-        after["valid"].numpy(),
-        after["scores"].numpy(),
-        after["write_index"].numpy(),
+        np.ascontiguousarray(notes.detach().numpy()),
+        np.empty((batch, 0), np.float32)
+        if token_score is None
+        else np.ascontiguousarray(token_score.detach().numpy()),
+        layout.token_window.numpy(),
+        layout.has_tokens.numpy(),
+        layout.complete.numpy(),
+        layout.window_start.numpy(),
+        layout.last_window.numpy(),
+        after["run_note"],
+        after["run_score"],
+        after["notes"],
+        after["valid"],
+        after["scores"],
+        after["write_index"],
         POLICY_CODES[policy],
         np.float32(threshold),
         int(period),
         int(period_active),
         REPLACEMENT_CODES[replacement],
         int(row_offset),
-        window_note.numpy(),
-        window_score.numpy(),
-        table.numpy(),
-        index.numpy(),
-        valid.numpy(),
+        np.empty((batch, windows, width), dtype=np.float32),
+        np.empty((batch, windows), dtype=np.float32),
+        table,
+        index,
+        valid,
     )
-    return table, index[:, :windows], valid, after
+    after_tensors = {name: torch.from_numpy(a) for name, a in after.items()}
+    return (
+        torch.from_numpy(table),
+        torch.from_numpy(index)[:, :windows],
+        torch.from_numpy(valid),
+        after_tensors,
+    )
