@@ -120,9 +120,10 @@ def note_windows_applies(notes: torch.Tensor, state) -> bool:
     )
 
 
-def _copy(t: torch.Tensor, dtype) -> np.ndarray:
-    """An owned, contiguous numpy copy of ``t`` in ``dtype``."""
-    return np.array(t.detach().numpy(), dtype=dtype, order="C", copy=True)
+def _copy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """An owned, contiguous numpy copy of ``t`` in ``dtype`` (a bfloat16 pool of a model that
+    computes in float32 comes back float32, as from the torch path)."""
+    return np.array(t.detach().to(dtype).numpy(), order="C", copy=True)
 
 
 @torch.no_grad()
@@ -155,12 +156,12 @@ def note_windows_cpu(
     windows = layout.num_windows
     slots = state.notes.shape[1]
     after = {
-        "notes": _copy(state.notes, np.float32),
-        "scores": _copy(state.scores, np.float32),
-        "valid": _copy(state.valid, np.bool_),
-        "write_index": _copy(state.write_index, np.int64),
-        "run_note": _copy(state.run_note, np.float32),
-        "run_score": _copy(state.run_score, np.float32),
+        "notes": _copy(state.notes, torch.float32),
+        "scores": _copy(state.scores, torch.float32),
+        "valid": _copy(state.valid, torch.bool),
+        "write_index": _copy(state.write_index, torch.int64),
+        "run_note": _copy(state.run_note, torch.float32),
+        "run_score": _copy(state.run_score, torch.float32),
     }
     table = np.empty((batch, row_offset + slots + windows, width), dtype=np.float32)
     index = np.empty((batch, windows + 1, slots), dtype=np.int64)
