@@ -120,10 +120,10 @@ def note_windows_applies(notes: torch.Tensor, state) -> bool:
     )
 
 
-def _copy(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """An owned, contiguous numpy copy of ``t`` in ``dtype`` (a bfloat16 pool of a model that
+def _copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An owned, contiguous copy of ``t`` in ``dtype`` (a bfloat16 pool of a model that
     computes in float32 comes back float32, as from the torch path)."""
-    return np.array(t.detach().to(dtype).numpy(), order="C", copy=True)
+    return t.detach().to(dtype).clone(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -163,9 +163,9 @@ def note_windows_cpu(
         "run_note": _copy(state.run_note, torch.float32),
         "run_score": _copy(state.run_score, torch.float32),
     }
-    table = np.empty((batch, row_offset + slots + windows, width), dtype=np.float32)
-    index = np.empty((batch, windows + 1, slots), dtype=np.int64)
-    valid = np.empty((batch, windows, slots), dtype=np.bool_)
+    table = torch.empty(batch, row_offset + slots + windows, width)
+    index = torch.empty(batch, windows + 1, slots, dtype=torch.int64)
+    valid = torch.empty(batch, windows, slots, dtype=torch.bool)
     _note_windows_kernel(
         np.ascontiguousarray(notes.detach().numpy()),
         np.empty((batch, 0), np.float32)
@@ -176,12 +176,12 @@ def note_windows_cpu(
         layout.complete.numpy(),
         layout.window_start.numpy(),
         layout.last_window.numpy(),
-        after["run_note"],
-        after["run_score"],
-        after["notes"],
-        after["valid"],
-        after["scores"],
-        after["write_index"],
+        after["run_note"].numpy(),
+        after["run_score"].numpy(),
+        after["notes"].numpy(),
+        after["valid"].numpy(),
+        after["scores"].numpy(),
+        after["write_index"].numpy(),
         POLICY_CODES[policy],
         np.float32(threshold),
         int(period),
@@ -190,14 +190,8 @@ def note_windows_cpu(
         int(row_offset),
         np.empty((batch, windows, width), dtype=np.float32),
         np.empty((batch, windows), dtype=np.float32),
-        table,
-        index,
-        valid,
+        table.numpy(),
+        index.numpy(),
+        valid.numpy(),
     )
-    after_tensors = {name: torch.from_numpy(a) for name, a in after.items()}
-    return (
-        torch.from_numpy(table),
-        torch.from_numpy(index)[:, :windows],
-        torch.from_numpy(valid),
-        after_tensors,
-    )
+    return table, index[:, :windows], valid, after
