@@ -78,9 +78,6 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 GEMV_BLOCK_ROWS = 64
 """Rows of a weight matrix per claimable block when the threads split a GEMV."""
-GEMV_ROW_GROUP = 4
-"""Rows one GEMV loop computes together (``_gemv_rows``); divides ``GEMV_BLOCK_ROWS``, so a
-row's sum never depends on how the threads split the rows."""
 CHANNEL_BLOCK = 128
 """Inner channels per claimable block of the conv and the SSM update."""
 TABLE_SLOT_MULTIPLE = 32
@@ -205,31 +202,13 @@ if _HAVE_NUMBA:
 
     @_jit
     def _gemv_rows(w, x, out, lo, hi):
-        """out[lo:hi] = w[lo:hi] @ x; w (n, m) float32 or bfloat16 bits (uint16), x (m,).
-        Four rows at a time share each load of x (one vector load of x per four FMAs)."""
+        """out[lo:hi] = w[lo:hi] @ x; w (n, m) float32 or bfloat16 bits (uint16), x (m,)."""
         m = w.shape[1]
-        i = lo
-        while i + GEMV_ROW_GROUP <= hi:
-            s0 = np.float32(0.0)
-            s1 = np.float32(0.0)
-            s2 = np.float32(0.0)
-            s3 = np.float32(0.0)
-            for j in range(m):
-                xj = x[j]
-                s0 += weight_value(w[i, j]) * xj
-                s1 += weight_value(w[i + 1, j]) * xj
-                s2 += weight_value(w[i + 2, j]) * xj
-                s3 += weight_value(w[i + 3, j]) * xj
-            out[i] = s0
-            out[i + 1] = s1
-            out[i + 2] = s2
-            out[i + 3] = s3
-            i += GEMV_ROW_GROUP
-        for r in range(i, hi):
+        for i in range(lo, hi):
             s = np.float32(0.0)
             for j in range(m):
-                s += weight_value(w[r, j]) * x[j]
-            out[r] = s
+                s += weight_value(w[i, j]) * x[j]
+            out[i] = s
 
     @_jit
     def _gemv(w, x, out):
