@@ -17,13 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import UserError
 
 EXIT_USER_ERROR = 2
 log = logging.getLogger("memmamba")
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 DEFAULT_OUT = "outputs/eval"
 DEFAULT_CHUNK = 2048
 INSTALL_HINT = "lm-eval is not installed: pip install 'memmamba[harness]'"
@@ -18,8 +20,6 @@ INSTALL_HINT = "lm-eval is not installed: pip install 'memmamba[harness]'"
 
 def run_harness(args: argparse.Namespace) -> dict[str, Any]:
     """Run the tasks of ``args``; print a table (unless quiet/json) and write ``harness.json``."""
-    from ..cli import UserError
-
     if not Path(args.model).is_dir():
         raise FileNotFoundError(
             f"model folder {str(args.model)!r} not found: pass a local folder written by "
