@@ -126,6 +126,7 @@ def _copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype).clone(memory_format=torch.contiguous_format)
 
 
+@torch.compiler.disable
 @torch.no_grad()
 def note_windows_cpu(
     notes: torch.Tensor,
