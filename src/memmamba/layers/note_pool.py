@@ -18,7 +18,8 @@ call on L tokens the module returns, for each window touched by the call, the po
 at that window's start as an index table into a notes tensor that holds the notes carried in
 from the cache followed by the notes of this call's windows. Only this index bookkeeping loops
 over windows (one numba kernel on CPU, ``memmamba.ops.pool_plan``; a loop of small tensor ops
-elsewhere); all per-token work is batched.
+elsewhere); all per-token work is batched. In CPU inference (float32, no gradient) everything
+after the note and score projections is one kernel, ``memmamba.ops.note_windows``.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .pool_plan import PRIORITY_TIE_MARGIN
+from .pool_plan import POLICY_CODES, PRIORITY_TIE_MARGIN, REPLACEMENT_CODES
 from .selective_scan.cpu import fast_exp, sigmoid, softplus
 
 try:
@@ -57,6 +57,7 @@ __all__ = [
     "FUSION_CODES",
     "GATE_CODES",
     "POLICY_CODES",
+    "REPLACEMENT_CODES",
     "close_windows",
     "final_logits",
     "is_available",
@@ -66,12 +67,11 @@ __all__ = [
     "model_step_threads",
     "packed",
     "project_notes",
+    "table_width",
 ]
 
 FUSION_CODES = {"weighted": 0, "gated": 1, "residual": 2}
 GATE_CODES = {"always": 0, "threshold": 1, "periodic": 2}
-POLICY_CODES = {"score": 0, "periodic": 1, "all": 2}
-REPLACEMENT_CODES = {"fifo": 0, "priority": 1}
 
 # No nnan / ninf: running maxima start at -inf.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}

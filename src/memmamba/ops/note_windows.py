@@ -17,14 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .pool_plan import REPLACEMENT_CODES, is_available, replay_pool
+from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
 
 if is_available():
     from numba import njit
 
-__all__ = ["POLICY_CODES", "is_available", "note_windows_applies", "note_windows_cpu"]
-
-POLICY_CODES = {"score": 0, "periodic": 1, "all": 2}
+__all__ = ["is_available", "note_windows_applies", "note_windows_cpu"]
 
 if is_available():
 

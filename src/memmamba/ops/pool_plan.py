@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
-__all__ = ["REPLACEMENT_CODES", "is_available", "plan_pool_cpu", "replay_pool"]
+__all__ = ["POLICY_CODES", "REPLACEMENT_CODES", "is_available", "plan_pool_cpu", "replay_pool"]
 
 FIFO = 0
 PRIORITY = 1
@@ -35,6 +35,8 @@ PRIORITY_TIE_MARGIN = 1e-6
 token closing two windows of layer 0) would otherwise be broken by last-bit rounding, and the
 two paths would keep different notes."""
 REPLACEMENT_CODES = {"fifo": FIFO, "priority": PRIORITY}
+POLICY_CODES = {"score": 0, "periodic": 1, "all": 2}
+"""The note policies (``MemMambaConfig.note_policy``) as the CPU kernels take them."""
 
 
 def is_available() -> bool:
