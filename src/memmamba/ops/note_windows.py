@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
+from .window_max import max_into
 
 if is_available():
     from numba import njit
@@ -27,30 +28,24 @@ __all__ = ["is_available", "note_windows_applies", "note_windows_cpu"]
 if is_available():
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def _max_into(row, values):
-        """row = max(row, values) elementwise; a NaN in either stays (as torch.maximum)."""
-        for j in range(row.shape[0]):
-            v = values[j]
-            if v > row[j] or v != v:
-                row[j] = v
-
-    @njit(cache=True, nogil=True, error_model="numpy")
     def _note_windows_kernel(
         notes, token_score, token_window, has_tokens, complete, window_start, last_window,
         run_note, run_score, state_notes, valid, scores, write_index,
         policy, threshold, period, period_active, replacement, row_offset,
-        window_note, window_score, table, out_index, out_valid,
+        table, out_index, out_valid,
     ):  # fmt: skip
         """notes (B, L, S), token_score (B, L) (empty without a scorer), token_window (B, L),
         has_tokens / complete / window_start (B, C), last_window (B,), the pool before the call
         (run_note (B, S), run_score (B,), state_notes (B, k, S), and valid (B, k), scores
-        (B, k), write_index (B,), updated in place to the pool after the call). Writes
-        window_note (B, C, S), window_score (B, C), table (B, 1 + k + C, S), out_index
-        (B, C + 1, k) and out_valid (B, C, k) as ``plan_pool`` returns them."""
+        (B, k), write_index (B,), updated in place to the pool after the call). Writes table
+        (B, 1 + k + C, S), out_index (B, C + 1, k) and out_valid (B, C, k) as ``plan_pool``
+        returns them."""
         batch, length, width = notes.shape
         windows = has_tokens.shape[1]
         slots = state_notes.shape[1]
         scored = token_score.shape[1] > 0
+        window_note = np.empty((batch, windows, width), dtype=np.float32)
+        window_score = np.empty((batch, windows), dtype=np.float32)
         eligible = np.empty((batch, windows), dtype=np.bool_)
         insert_score = np.empty((batch, windows), dtype=np.float32)
         for b in range(batch):
@@ -59,12 +54,12 @@ if is_available():
             for t in range(length):
                 c = token_window[b, t]
                 if c < windows:
-                    _max_into(window_note[b, c], notes[b, t])
+                    max_into(window_note[b, c], notes[b, t])
                     if scored:
                         s = token_score[b, t]
                         if s > window_score[b, c] or s != s:
                             window_score[b, c] = s
-            _max_into(window_note[b, 0], run_note[b])
+            max_into(window_note[b, 0], run_note[b])
             if scored and (run_score[b] > window_score[b, 0] or run_score[b] != run_score[b]):
                 window_score[b, 0] = run_score[b]
             for r in range(row_offset):
@@ -187,8 +182,6 @@ def note_windows_cpu(
         int(period_active),
         REPLACEMENT_CODES[replacement],
         int(row_offset),
-        np.empty((batch, windows, width), dtype=np.float32),
-        np.empty((batch, windows), dtype=np.float32),
         table.numpy(),
         index.numpy(),
         valid.numpy(),

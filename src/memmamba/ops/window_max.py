@@ -22,7 +22,7 @@ from .selective_scan.cpu import is_available
 if is_available():
     from numba import njit, prange
 
-__all__ = ["window_max", "window_max_cpu", "window_max_torch"]
+__all__ = ["max_into", "window_max", "window_max_cpu", "window_max_torch"]
 
 
 def window_max_torch(
@@ -39,6 +39,15 @@ def window_max_torch(
 if is_available():
     _JIT = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def max_into(row, values):
+        """row = max(row, values) elementwise, in place; a NaN in either stays (as torch's
+        maximum and amax). row, values: (S,)."""
+        for s in range(row.shape[0]):
+            v = values[s]
+            if v > row[s] or v != v:
+                row[s] = v
+
     @njit(**_JIT)
     def _forward_kernel(values, token_window, out):
         """values (B, L, S) f32, token_window (B, L) i64; out (B, C, S) f32."""
@@ -49,11 +58,7 @@ if is_available():
             for t in range(length):
                 c = token_window[b, t]
                 if c < windows:
-                    row = out[b, c]
-                    for s in range(width):
-                        v = values[b, t, s]
-                        if v > row[s] or v != v:  # a NaN propagates, as in torch
-                            row[s] = v
+                    max_into(out[b, c], values[b, t])
 
     @njit(**_JIT)
     def _backward_kernel(values, token_window, out, grad, dvalues):
