@@ -43,12 +43,13 @@ def test_numba_plan_equals_torch_loop(monkeypatch, replacement):
             assert got.dtype == want.dtype and torch.equal(got, want)
 
 
-def _pool_calls(pool, calls, lengths, pad):
-    """Run ``pool`` over consecutive calls carrying its state; returns every output."""
+def _pool_calls(pool, lengths, pad):
+    """Run ``pool`` over consecutive calls of ``lengths`` tokens carrying its state; returns
+    every call's output."""
     g = torch.Generator().manual_seed(1)
     batch = 3
     state, seen, outputs = None, torch.zeros(batch, dtype=torch.long), []
-    for length in lengths[:calls]:
+    for length in lengths:
         x = torch.randn(batch, length, pool.summarizer.in_features, generator=g)
         mask = torch.ones(batch, length, dtype=torch.long)
         if pad:
@@ -78,10 +79,10 @@ def test_fused_note_pool_equals_torch_path(monkeypatch, policy, replacement, pad
     if pool.scorer is not None:
         torch.nn.init.normal_(pool.scorer.weight, std=2.0)  # scores on both sides of tau_1
     lengths = (7, 1, 13, 2, 21)
-    fused = _pool_calls(pool, len(lengths), lengths, pad)
+    fused = _pool_calls(pool, lengths, pad)
     with monkeypatch.context() as m:
         m.setattr(note_windows, "note_windows_applies", lambda *a: False)
-        plain = _pool_calls(pool, len(lengths), lengths, pad)
+        plain = _pool_calls(pool, lengths, pad)
     for call, (got, want) in enumerate(zip(fused, plain, strict=True)):
         for i, (a, b) in enumerate(zip(got, want, strict=True)):
             assert a.dtype == b.dtype and torch.equal(a, b), (call, i)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
+from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, owned_copy, replay_pool
 from .window_max import max_into
 
 if is_available():
@@ -113,12 +113,6 @@ def note_windows_applies(notes: torch.Tensor, state) -> bool:
     )
 
 
-def _copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An owned, contiguous copy of ``t`` in ``dtype`` (a bfloat16 pool of a model that
-    computes in float32 comes back float32, as from the torch path)."""
-    return t.detach().to(dtype).clone(memory_format=torch.contiguous_format)
-
-
 @torch.compiler.disable
 @torch.no_grad()
 def note_windows_cpu(
@@ -149,13 +143,15 @@ def note_windows_cpu(
     batch, _, width = notes.shape
     windows = layout.num_windows
     slots = state.notes.shape[1]
+    # Float32 copies: a bfloat16 pool of a model computing in float32 comes back float32, as
+    # from the torch path.
     after = {
-        "notes": _copy(state.notes, torch.float32),
-        "scores": _copy(state.scores, torch.float32),
-        "valid": _copy(state.valid, torch.bool),
-        "write_index": _copy(state.write_index, torch.int64),
-        "run_note": _copy(state.run_note, torch.float32),
-        "run_score": _copy(state.run_score, torch.float32),
+        "notes": owned_copy(state.notes, torch.float32),
+        "scores": owned_copy(state.scores, torch.float32),
+        "valid": owned_copy(state.valid, torch.bool),
+        "write_index": owned_copy(state.write_index, torch.int64),
+        "run_note": owned_copy(state.run_note, torch.float32),
+        "run_score": owned_copy(state.run_score, torch.float32),
     }
     table = torch.empty(batch, row_offset + slots + windows, width)
     index = torch.empty(batch, windows + 1, slots, dtype=torch.int64)

@@ -25,7 +25,14 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
-__all__ = ["POLICY_CODES", "REPLACEMENT_CODES", "is_available", "plan_pool_cpu", "replay_pool"]
+__all__ = [
+    "POLICY_CODES",
+    "REPLACEMENT_CODES",
+    "is_available",
+    "owned_copy",
+    "plan_pool_cpu",
+    "replay_pool",
+]
 
 FIFO = 0
 PRIORITY = 1
@@ -100,6 +107,11 @@ if _HAVE_NUMBA:
                 out_index[b, windows, s] = index[s]
 
 
+def owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A detached, contiguous copy of ``t`` in ``dtype`` that a kernel may update in place."""
+    return t.detach().to(dtype).clone(memory_format=torch.contiguous_format)
+
+
 def plan_pool_cpu(
     valid: torch.Tensor,
     scores: torch.Tensor,
@@ -114,9 +126,9 @@ def plan_pool_cpu(
     float32 and write_index (B,)."""
     batch, k = valid.shape
     windows = eligible.shape[1]
-    valid_w = valid.detach().to(torch.bool).clone().contiguous()
-    scores_w = scores.detach().to(torch.float32).clone().contiguous()
-    write_w = write_index.detach().to(torch.int64).clone().contiguous()
+    valid_w = owned_copy(valid, torch.bool)
+    scores_w = owned_copy(scores, torch.float32)
+    write_w = owned_copy(write_index, torch.int64)
     out_index = torch.empty(batch, windows + 1, k, dtype=torch.int64)
     out_valid = torch.empty(batch, windows, k, dtype=torch.bool)
     replay_pool(
