@@ -224,7 +224,7 @@ def test_gradcheck_fp64() -> None:
     assert torch.autograd.gradcheck(f, tuple(args[k] for k in ARG_NAMES), eps=1e-6, atol=1e-7)
 
 
-def test_fast_exp_and_softplus_accuracy() -> None:
+def test_fast_exp_decay_and_softplus_accuracy() -> None:
     x = np.linspace(-87.0, 88.0, 1_000_001, dtype=np.float32)
     out = np.empty_like(x)
     cpu._fast_exp_array(x, out)
@@ -234,6 +234,17 @@ def test_fast_exp_and_softplus_accuracy() -> None:
     out_low = np.empty_like(low)
     cpu._fast_exp_array(low, out_low)
     assert out_low[0] == 0.0 and out_low[1] < 1.2e-38 and np.isfinite(out_low[2])
+
+    # The scan's decays: 2**x on the exponents dt * A * log2(e) it meets (<= 0), no exact zero.
+    x = np.linspace(-126.0, 127.0, 1_000_001, dtype=np.float32)
+    out = np.empty_like(x)
+    cpu._decay_exp2_array(x, out)
+    ref = np.exp2(x.astype(np.float64))
+    assert np.max(np.abs(out - ref) / ref) < 2e-7
+    far = np.array([-1000.0, -127.0, 1000.0], dtype=np.float32)
+    out_far = np.empty_like(far)
+    cpu._decay_exp2_array(far, out_far)
+    assert out_far[0] == out_far[1] == np.float32(2.0**-126) and out_far[2] == np.float32(2.0**127)
 
     x = np.linspace(-40.0, 40.0, 400_001, dtype=np.float32)
     out = np.empty_like(x)

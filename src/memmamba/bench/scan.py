@@ -194,12 +194,16 @@ def __probe_limits_impl(threads: int, n: int = PROBE_ELEMENTS) -> dict[str, floa
     try:
         import numpy as np
 
-        from memmamba.ops.selective_scan.cpu import _fast_exp_array
+        from memmamba.ops.selective_scan.cpu import _decay_exp2_array, _fast_exp_array
 
         xn, yn = x.numpy(), y.numpy()
-        _fast_exp_array(xn[:16], yn[:16])
-        t_fe = min(_timed(lambda: _fast_exp_array(xn, yn)) for _ in range(PROBE_REPEATS))
-        out["fast_exp_per_s_1thread"] = float(np.float64(n) / t_fe)
+        for key, kernel in (
+            ("fast_exp_per_s_1thread", _fast_exp_array),
+            ("decay_exp2_per_s_1thread", _decay_exp2_array),  # the scan's decays
+        ):
+            kernel(xn[:16], yn[:16])
+            t_k = min(_timed(lambda k=kernel: k(xn, yn)) for _ in range(PROBE_REPEATS))
+            out[key] = float(np.float64(n) / t_k)
     except ImportError:
         pass
     return out
@@ -334,8 +338,10 @@ def format_table(rows: list[dict[str, Any]], limits: dict[str, float] | None = N
             f"machine: torch exp {limits['torch_exp_per_s'] / 1e9:.2f} Gexp/s, "
             f"copy {limits['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
             + (
-                f", our fast_exp {limits['fast_exp_per_s_1thread'] / 1e9:.2f} Gexp/s (1 thread)"
-                if "fast_exp_per_s_1thread" in limits
+                f", our fast_exp {limits['fast_exp_per_s_1thread'] / 1e9:.2f} Gexp/s and the"
+                f" scan's decay 2**x {limits['decay_exp2_per_s_1thread'] / 1e9:.2f} Gexp/s"
+                " (1 thread)"
+                if "decay_exp2_per_s_1thread" in limits
                 else ""
             )
         )

@@ -27,6 +27,7 @@ from torch import nn
 from ..layers.block import LayerState
 from ..layers.note_pool import PoolState
 from ..ops import decode_step as kernels
+from ..ops.selective_scan.cpu import log2_decay_rates
 from .cache import MemMambaCache
 
 __all__ = ["applies", "decode_step", "decode_threads", "numba_threads"]
@@ -193,7 +194,7 @@ def _mixer_weights(mixer) -> tuple:
         _mat(mixer.x_proj.weight),
         _mat(mixer.dt_proj.weight),
         _np(mixer.dt_proj.bias),
-        -np.exp(_np(mixer.A_log)),
+        log2_decay_rates(mixer.A_log),
         _np(mixer.D),
         _mat(mixer.out_proj.weight),
         _np(out_b) if out_b is not None else _dummy(1),

@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from .pool_plan import POLICY_CODES, PRIORITY_TIE_MARGIN, REPLACEMENT_CODES
-from .selective_scan.cpu import fast_exp, sigmoid, softplus
+from .selective_scan.cpu import decay_exp2, fast_exp, sigmoid, softplus
 
 try:
     from llvmlite import ir
@@ -374,13 +374,14 @@ if _HAVE_NUMBA:
             xc[e] = xc[e] * sigmoid(xc[e])
 
     @_jit
-    def _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, lo, hi):
+    def _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A2, D, ssm_state, y, lo, hi):
         """dt_proj + softplus, the SSM update, the D skip and the SiLU gate of channels
         [lo, hi): y[e] from xc, dbc = x_proj(xc) = [dt_in (R); B (N); C (N)] and the gate
-        z = xz[E:]; ssm_state (B, E, N) updated in place; dtproj_w (E, R), A (E, N)."""
+        z = xz[E:]; ssm_state (B, E, N) updated in place; dtproj_w (E, R); A2 (E, N) the
+        decay rates A log2(e) (``selective_scan.cpu.log2_decay_rates``)."""
         dim = dtproj_w.shape[0]
         rank = dtproj_w.shape[1]
-        n_state = A.shape[1]
+        n_state = A2.shape[1]
         # Local copies of B and C (which the state stores cannot alias) and separate loops let
         # each loop vectorise: 2-3x faster than one fused loop.
         b_vec = np.empty(n_state, dtype=np.float32)
@@ -402,7 +403,7 @@ if _HAVE_NUMBA:
             dx = delta * xe
             acc = np.float32(0.0)
             for n in range(n_state):
-                h = ssm_state[b, e, n] * fast_exp(delta * A[e, n]) + b_vec[n] * dx
+                h = ssm_state[b, e, n] * decay_exp2(delta * A2[e, n]) + b_vec[n] * dx
                 ssm_state[b, e, n] = h
                 acc += h * c_vec[n]
             y[e] = acc + D[e] * xe
@@ -412,20 +413,20 @@ if _HAVE_NUMBA:
 
     @_jit
     def mixer_core(
-        xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
+        xz, b, conv_state, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A2, D,
         ssm_state, y,
     ):  # fmt: skip
         """The Mamba mixer between its projections for sequence ``b``, one token: causal conv
         + SiLU, x_proj, dt_proj + softplus, SSM update, D skip and SiLU gate. xz (2E,) the
         in_proj output [x; z]; conv_state (B, E, W - 1) and ssm_state (B, E, N) are updated in
         place; y (E,) receives the result. Weights: conv_w (E, W), xproj_w (R + 2N, E),
-        dtproj_w (E, R) (float32 or bfloat16 bits), dt_b / D (E,), A = -exp(A_log) (E, N)."""
+        dtproj_w (E, R) (float32 or bfloat16 bits), dt_b / D (E,), A2 = A log2(e) (E, N)."""
         dim = conv_w.shape[0]
         xc = np.empty(dim, dtype=np.float32)
         dbc = np.empty(xproj_w.shape[0], dtype=np.float32)
         _conv_channels(xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, 0, dim)
         _gemv(xproj_w, xc, dbc)
-        _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, 0, dim)
+        _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A2, D, ssm_state, y, 0, dim)
 
     @_jit
     def _memory_phases(
@@ -524,7 +525,7 @@ if _HAVE_NUMBA:
 
     @_jit
     def _channel_phase(sync, phase, kind, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc,
-                       dbc, dtproj_w, dt_b, A, D, ssm_state, y):  # fmt: skip
+                       dbc, dtproj_w, dt_b, A2, D, ssm_state, y):  # fmt: skip
         """The conv (kind 0) or SSM (kind 1) channels in blocks that the threads claim;
         returns the next phase."""
         dim = conv_w.shape[0]
@@ -535,7 +536,7 @@ if _HAVE_NUMBA:
             if kind == 0:
                 _conv_channels(xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, lo, hi)
             else:
-                _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A, D, ssm_state, y, lo, hi)
+                _ssm_channels(xz, b, xc, dbc, dtproj_w, dt_b, A2, D, ssm_state, y, lo, hi)
             _block_done(sync, phase)
             i = _claim(sync, phase)
         _wait(sync, phase, blocks)
@@ -545,7 +546,7 @@ if _HAVE_NUMBA:
     def layer_step(
         sync, phase, scratch, hidden, conv_state, ssm_state, use_memory, layer, seen, valid,
         run_note, run_score, tables, probs, norm_w, eps,
-        in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A, D,
+        in_w, in_b, has_in_b, conv_w, conv_b, has_conv_b, xproj_w, dtproj_w, dt_b, A2, D,
         out_w, out_b, has_out_b, sum_w, sum_b, policy, score_w, score_b,
         gate_kind, gate_w, gate_b, gate_threshold, period, period_active,
         heads, tok_q, tok_kind, tok_out, tok_alpha, tok_gw, tok_gb, own_layer,
@@ -556,7 +557,7 @@ if _HAVE_NUMBA:
         every thread that calls it with the same ``sync`` shares the work (see ``model_step``).
 
         Mixer: in_w (2E, d), conv_w (E, W), xproj_w (R + 2N, E), dtproj_w (E, R), dt_b / D (E,),
-        A = -exp(A_log) (E, N), out_w (d, E); conv_state (B, E, W - 1), ssm_state (B, E, N).
+        A2 = A log2(e) (E, N), out_w (d, E); conv_state (B, E, W - 1), ssm_state (B, E, N).
         Memory (when ``use_memory``): pools as in the module docstring; seen (B,) real tokens
         before this one; sum_w (S, d) / sum_b (S,) the summariser; score_w (d,) / score_b the
         scorer; query and fusion weights of the token (own_layer = [layer]) and cross-layer
@@ -586,12 +587,12 @@ if _HAVE_NUMBA:
             phase = _gemv_phase(sync, phase, in_w, x_bar, xz, in_b, has_in_b, no_acc)
             phase = _channel_phase(
                 sync, phase, 0, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, dbc,
-                dtproj_w, dt_b, A, D, ssm_state, y,
+                dtproj_w, dt_b, A2, D, ssm_state, y,
             )  # fmt: skip
             phase = _gemv_phase(sync, phase, xproj_w, xc, dbc, dbc, False, no_acc)
             phase = _channel_phase(
                 sync, phase, 1, xz, b, conv_state, conv_w, conv_b, has_conv_b, xc, dbc,
-                dtproj_w, dt_b, A, D, ssm_state, y,
+                dtproj_w, dt_b, A2, D, ssm_state, y,
             )  # fmt: skip
             phase = _gemv_phase(sync, phase, out_w, y, out, out_b, has_out_b, hidden[b])
         return phase

@@ -11,8 +11,9 @@ step shares.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from .selective_scan.cpu import log2_decay_rates
 
 try:
     from numba import njit
@@ -92,8 +93,7 @@ def mixer_step_cpu(
         x_proj_weight.detach().contiguous().numpy(),
         dt_proj_weight.detach().contiguous().numpy(),
         dt_bias.detach().contiguous().numpy(),
-        # A in numpy: a tiny torch exp may wait ~10 ms for a busy second OpenMP thread
-        np.negative(np.exp(A_log.detach().to(torch.float32).numpy())),
+        log2_decay_rates(A_log),
         D.detach().contiguous().numpy(),
         new_conv.numpy(),
         new_ssm.numpy(),

@@ -7,7 +7,9 @@ The kernels vectorise over channels: a worker takes :data:`CHANNEL_BLOCK` channe
 keeps their states as ``(N, channels)`` blocks, so every inner loop runs over the block's
 channels (one SIMD lane each), the sums over the state are plain vector additions, and each
 step's scalars (dt, u, the gate) are transposed into ``(step, channel)`` buffers once per chunk.
-No ``(batch, dim, L, N)`` tensor is ever built.
+No ``(batch, dim, L, N)`` tensor is ever built. The decays exp(dt A) are computed as
+``decay_exp2(dt A log2(e))`` with ``A log2(e)`` prepared per channel block (a shorter polynomial
+path than a general exp).
 
 The forward saves the state every :data:`CHECKPOINT_INTERVAL` steps; the backward recomputes one
 chunk of states at a time from those checkpoints into an L1-sized buffer, then sweeps it backwards.
@@ -35,7 +37,14 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False
 
-__all__ = ["selective_scan_cpu", "is_available", "CHECKPOINT_INTERVAL", "CHANNEL_BLOCK"]
+__all__ = [
+    "CHANNEL_BLOCK",
+    "CHECKPOINT_INTERVAL",
+    "decay_exp2",
+    "is_available",
+    "log2_decay_rates",
+    "selective_scan_cpu",
+]
 
 CHECKPOINT_INTERVAL = 64
 """Steps between saved states; also the length of the backward's recompute buffer (>= N)."""
@@ -88,6 +97,30 @@ def _fit_exp_poly(degree: int) -> tuple[float, ...]:
 _EXP_C = tuple(_F32(c) for c in _fit_exp_poly(EXP_POLY_DEGREE))
 _C2, _C3, _C4, _C5, _C6 = _EXP_C
 
+# The scan's decays exp(dt * A) are computed as 2**(dt * A2) with A2 = A * log2(e) prepared once
+# per channel block: the split x = k + r (|r| <= 1/2) is then exact, so there is no ln2 product
+# to split (two FMAs fewer than ``fast_exp``), and a decay needs no exact zero (below).
+DECAY_POLY_DEGREE = 6
+DECAY_EXP2_MIN = _F32(-126.0)
+"""Smallest exponent of a decay: 2**x below it gives 2**-126 (1.2e-38), not 0. A decay that
+small leaves nothing of the state at float32 precision either way, so no select is spent on it."""
+DECAY_EXP2_MAX = _F32(127.0)
+
+
+def _fit_exp2_poly(degree: int) -> tuple[float, ...]:
+    """Coefficients c1..c_degree of ``2**r ~ 1 + sum c_i r**i`` on ``|r| <= 1/2`` (relative
+    least squares at Chebyshev nodes, fp64; degree 6 is within 2.2e-9 of 2**r)."""
+    nodes = 0.5 * np.cos(np.pi * (np.arange(512) + 0.5) / 512)
+    target = np.exp2(nodes)
+    basis = np.stack([nodes**i / target for i in range(1, degree + 1)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, (target - 1.0) / target, rcond=None)
+    return tuple(float(c) for c in coef)
+
+
+_D1, _D2, _D3, _D4, _D5, _D6 = (_F32(c) for c in _fit_exp2_poly(DECAY_POLY_DEGREE))
+_LOG2E_64 = np.float64(1.4426950408889634)
+_LN2_64 = np.float64(0.6931471805599453)
+
 
 def is_available() -> bool:
     """True when numba (and so this backend) can be used."""
@@ -97,6 +130,12 @@ def is_available() -> bool:
 def fast_exp(x):  # pragma: no cover - replaced by the overload inside jitted code
     """exp usable in numba kernels: vectorisable polynomial for float32, math.exp for float64."""
     return math.exp(x)
+
+
+def decay_exp2(x):  # pragma: no cover - replaced by the overload inside jitted code
+    """2**x for a decay exponent x = dt * A * log2(e): a vectorisable polynomial for float32
+    (clamped to [DECAY_EXP2_MIN, DECAY_EXP2_MAX]), exact for float64."""
+    return 2.0**x
 
 
 def softplus(x):  # pragma: no cover - replaced by the overload inside jitted code
@@ -166,6 +205,30 @@ if _HAVE_NUMBA:
             return lambda x: math.exp(x)
         return None
 
+    @overload(
+        decay_exp2, jit_options={"fastmath": _EXP_FASTMATH, "error_model": "numpy"}, inline="never"
+    )
+    def _decay_exp2_ol(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+
+            def decay32(x):
+                xc = min(max(x, DECAY_EXP2_MIN), DECAY_EXP2_MAX)
+                k = np.floor(xc + _HALF)
+                r = xc - k
+                p = _D6
+                p = p * r + _D5
+                p = p * r + _D4
+                p = p * r + _D3
+                p = p * r + _D2
+                p = p * r + _D1
+                p = p * r + _ONE32
+                return p * _pow2_float32(k)
+
+            return decay32
+        if isinstance(x, types.Float):
+            return lambda x: math.exp(x * _LN2_64)
+        return None
+
     @overload(softplus, jit_options={"fastmath": _EXP_FASTMATH, "error_model": "numpy"})
     def _softplus_ol(x):
         if isinstance(x, types.Float) and x.bitwidth == 32:
@@ -221,6 +284,12 @@ if _HAVE_NUMBA:
         """Elementwise fast_exp (for accuracy checks and the benchmark's exp-rate probe)."""
         for i in range(x.size):
             out[i] = fast_exp(x[i])
+
+    @njit(fastmath=True, cache=True, error_model="numpy")
+    def _decay_exp2_array(x: np.ndarray, out: np.ndarray) -> None:
+        """Elementwise decay_exp2 (for accuracy checks)."""
+        for i in range(x.size):
+            out[i] = decay_exp2(x[i])
 
     @njit(fastmath=True, cache=True, error_model="numpy")
     def _softplus_array(x: np.ndarray, out: np.ndarray) -> None:
@@ -290,7 +359,7 @@ if _HAVE_NUMBA:
         zero = typed_zero(A[0, 0])
         cb = CHANNEL_BLOCK
         h = np.empty((n_state, cb), dtype=dtype)
-        a_t = np.empty((n_state, cb), dtype=dtype)
+        a2_t = np.empty((n_state, cb), dtype=dtype)  # A * log2(e), see decay_exp2
         dtb = np.empty((chunk, cb), dtype=dtype)
         tmp = np.empty(chunk, dtype=dtype)
         ub = np.empty((chunk, cb), dtype=dtype)
@@ -302,7 +371,7 @@ if _HAVE_NUMBA:
             w = min(cb, d_hi - blk)
             for n in range(n_state):
                 for c in range(w):
-                    a_t[n, c] = A[blk + c, n]
+                    a2_t[n, c] = A[blk + c, n] * _LOG2E_64
                     h[n, c] = h0[b, blk + c, n] if has_h0 else zero
             for ci in range(n_chunks):
                 t_lo = ci * chunk
@@ -327,9 +396,9 @@ if _HAVE_NUMBA:
                         bn = b_row[n]
                         cn = c_row[n]
                         h_n = h[n]
-                        a_n = a_t[n]
+                        a2_n = a2_t[n]
                         for c in range(w):
-                            hv = fast_exp(dt_j[c] * a_n[c]) * h_n[c] + dtu[c] * bn
+                            hv = decay_exp2(dt_j[c] * a2_n[c]) * h_n[c] + dtu[c] * bn
                             h_n[c] = hv
                             y[c] += cn * hv
                     o_j = outb[j]
@@ -392,6 +461,7 @@ if _HAVE_NUMBA:
         one = typed_one(A[0, 0])
         cb = CHANNEL_BLOCK
         a_t = np.empty((n_state, cb), dtype=dtype)
+        a2_t = np.empty((n_state, cb), dtype=dtype)  # A * log2(e), see decay_exp2
         lam = np.empty((n_state, cb), dtype=dtype)
         dA = np.empty((n_state, cb), dtype=dtype)
         hbuf = np.empty((chunk + 1, n_state, cb), dtype=dtype)
@@ -429,6 +499,7 @@ if _HAVE_NUMBA:
             for n in range(n_state):
                 for c in range(w):
                     a_t[n, c] = A[blk + c, n]
+                    a2_t[n, c] = A[blk + c, n] * _LOG2E_64
                     lam[n, c] = dlast[b, blk + c, n] if has_dlast else zero
                     dA[n, c] = zero
             for ci in range(n_chunks - 1, -1, -1):
@@ -450,12 +521,12 @@ if _HAVE_NUMBA:
                         dtu[c] = dt_j[c] * u_j[c]
                     for n in range(n_state):
                         bn = b_row[n]
-                        a_n = a_t[n]
+                        a2_n = a2_t[n]
                         h_old = hbuf[j, n]
                         h_new = hbuf[j + 1, n]
                         e_n = abuf[j, n]
                         for c in range(w):
-                            e = fast_exp(dt_j[c] * a_n[c])
+                            e = decay_exp2(dt_j[c] * a2_n[c])
                             e_n[c] = e
                             h_new[c] = e * h_old[c] + dtu[c] * bn
                 # sweep back
@@ -562,6 +633,15 @@ if _HAVE_NUMBA:
                 chunk, du, ddelta, dz, dB_acc, dC_acc, dA_acc, dD_acc, dbias_acc, dh0,
                 b, g, part, d_lo, d_hi,
             )  # fmt: skip
+
+
+def log2_decay_rates(A_log: Tensor) -> np.ndarray:
+    """A * log2(e) with A = -exp(A_log) (float32, as the mixer computes it): the exponent
+    rates ``decay_exp2`` takes in the one-token kernels, rounded as the scan kernels round
+    them. A_log: (E, N) -> (E, N) float32 array. (NumPy, not torch: a tiny torch op may wait
+    for a busy second OpenMP thread.)"""
+    a = np.negative(np.exp(A_log.detach().to(torch.float32).numpy()))
+    return (a.astype(np.float64) * _LOG2E_64).astype(np.float32)
 
 
 def _compute_dtype(u: Tensor) -> torch.dtype:
