@@ -23,7 +23,7 @@ def test_flops_match_the_anchor_model() -> None:
 def test_quick_bench_writes_outputs(tmp_path) -> None:
     result = run_model_bench(
         modes=("fwd", "decode"), peers=(), threads=1, out_dir=tmp_path, quick=True,
-        decode_steps=2, isolate=False,
+        decode_steps=2, isolate=False, rounds=2,
     )  # fmt: skip
     for name in ("model_bench.json", "model_bench.csv", "model_bench.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -39,6 +39,7 @@ def test_quick_bench_writes_outputs(tmp_path) -> None:
     assert data["limits"]["device"] == "cpu"
     fwd = {r["impl"]: r for r in rows if r["mode"] == "fwd"}
     assert "x_vs_mamba" in fwd["memmamba"]
+    assert all(r["rounds"] == 2 and len(r["tokens_per_s_rounds"]) == 2 for r in rows)
 
 
 @pytest.mark.skipif(not cpu.is_available(), reason="numba not installed")
@@ -90,3 +91,33 @@ def test_device_is_checked_before_any_cell_runs() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device; use --device cpu"):
             run_model_bench(device="cuda", quick=True, peers=(), isolate=False, progress=False)
+
+
+def test_rounds_merge_to_medians_and_paired_ratios() -> None:
+    from memmamba.bench.model import _add_ratios, _merge_rounds
+
+    def cell(impl: str, tok_s: float, peak: float) -> dict:
+        return dict(impl=impl, shape="small", mode="fwd", L=1024, batch=1, threads=2,
+                    median_ms=1e6 / tok_s, min_ms=1e6 / tok_s, tokens_per_s=tok_s,
+                    peak_extra_mib=peak, peak_rss_mib=peak + 100)  # fmt: skip
+
+    # The machine is twice as fast in round 2: paired, ours is 2x the peer in every round,
+    # while the ratio of the two medians would say 1.0x.
+    ours = _merge_rounds([cell("mamba", 100, 5), cell("mamba", 400, 7), cell("mamba", 200, 6)])
+    peer = _merge_rounds([cell("llama", 50, 9), cell("llama", 200, 8), cell("llama", 100, 9)])
+    assert ours["rounds"] == 3 and ours["tokens_per_s_rounds"] == [100, 400, 200]
+    assert ours["tokens_per_s"] == 200 and ours["peak_extra_mib"] == 7
+    _add_ratios([ours, peer], {"matmul_flops": 1e11})
+    assert ours["x_vs_llama"] == pytest.approx(2.0)
+    # A failed round drops out of the medians and pairs only where both sides ran.
+    failed = {k: v for k, v in cell("mamba", 1, 0).items() if k != "tokens_per_s"}
+    failed["error"] = "timeout"
+    one_ok = _merge_rounds([failed, cell("mamba", 300, 5)])
+    assert one_ok["rounds"] == 1 and one_ok["tokens_per_s_rounds"] == [None, 300]
+    single = cell("mamba", 300, 5)
+    assert _merge_rounds([single]) is single
+
+
+def test_rounds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="rounds"):
+        run_model_bench(rounds=0, quick=True, isolate=False, progress=False)

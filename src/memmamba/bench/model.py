@@ -444,6 +444,7 @@ def run_model_bench(
     baseline_src: str | os.PathLike | None = None,
     progress: bool = True,
     device: str = "cpu",
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Benchmark whole-model throughput (CPU by default); writes ``model_bench.{json,csv,png}``
     to ``out_dir``.
@@ -458,11 +459,17 @@ def run_model_bench(
     or an external chunk loop, as it may lack ``prefill_chunk_size``), for a before/after
     taken in the same run. ``device``: e.g. "cuda" runs every cell there (times wait for
     the device, peak memory is ``torch.cuda.max_memory_allocated``, MFU is against a matmul
-    on that device); the paper's latency figure was taken on a GPU.
+    on that device); the paper's latency figure was taken on a GPU. ``rounds``: the cells of
+    one (shape, mode, L) run this many times, back to back and in alternating order; a row then
+    holds the median over rounds and every ratio is the median of the rounds' ratios (paired:
+    the two cells of a round see the machine in one state, which a shared machine's drift
+    between rounds would otherwise add to the ratio).
     """
     device = _checked_device(device)
     if repeats < 0:
         raise ValueError(f"repeats = {repeats}; expected >= 0 (0 times the first call itself)")
+    if rounds < 1:
+        raise ValueError(f"rounds = {rounds}; expected >= 1")
     if quick:
         lengths = QUICK_LENGTHS
         decode_lengths = QUICK_LENGTHS
@@ -480,33 +487,33 @@ def run_model_bench(
     for shape in shapes:
         for mode in modes:
             for length in decode_lengths if mode == "decode" else lengths:
-                for impl in impls_run:
-                    if not _is_ours(impl) and mode not in peer_modes:
-                        continue
-                    if impl == "mambapy" and mode == "decode" and length != min(decode_lengths):
-                        continue  # mambapy decodes from an empty state: once is enough
-                    if mode == "latency" and impl == "mambapy":
-                        continue  # no cached prefill in mambapy
-                    if mode == "fwdbwd" and impl == "llama":
-                        continue
-                    spec = dict(impl=impl, shape=shape, mode=mode, L=length, batch=batch,
-                                threads=threads, repeats=repeats, budget_s=peer_budget_s,
-                                decode_steps=decode_steps, prefill_chunk=prefill_chunk,
-                                timeout_s=cell_timeout_s, device=device)  # fmt: skip
-                    if impl.endswith(BASE_SUFFIX):
-                        spec["src"] = str(baseline_src)
-                    prev = last_ok.get((impl, shape, mode))
-                    predicted = 0.0 if mode == "decode" else cells.predict_s(prev, length, 0)
-                    if not _is_ours(impl) and predicted > peer_budget_s:
-                        row = {k: spec[k] for k in ("impl", "shape", "mode", "L", "batch")}
-                        row["skipped"] = f"predicted {predicted:.0f} s per call"
-                    else:
-                        row = _spawn_cell(spec) if isolate else run_cell(spec)
-                        if "median_ms" in row:
-                            last_ok[(impl, shape, mode)] = row
-                    rows.append(row)
-                    bar.update(1)
-                    bar.write(_fmt_row(row))
+                group = [
+                    impl
+                    for impl in impls_run
+                    if _runs_cell(impl, mode, length, peer_modes, decode_lengths)
+                ]
+                per_round: dict[str, list[dict[str, Any]]] = {impl: [] for impl in group}
+                for rnd in range(rounds):
+                    for impl in group if rnd % 2 == 0 else group[::-1]:
+                        spec = dict(impl=impl, shape=shape, mode=mode, L=length, batch=batch,
+                                    threads=threads, repeats=repeats, budget_s=peer_budget_s,
+                                    decode_steps=decode_steps, prefill_chunk=prefill_chunk,
+                                    timeout_s=cell_timeout_s, device=device)  # fmt: skip
+                        if impl.endswith(BASE_SUFFIX):
+                            spec["src"] = str(baseline_src)
+                        prev = last_ok.get((impl, shape, mode))
+                        predicted = 0.0 if mode == "decode" else cells.predict_s(prev, length, 0)
+                        if not _is_ours(impl) and predicted > peer_budget_s:
+                            row = {k: spec[k] for k in ("impl", "shape", "mode", "L", "batch")}
+                            row["skipped"] = f"predicted {predicted:.0f} s per call"
+                        else:
+                            row = _spawn_cell(spec) if isolate else run_cell(spec)
+                            if "median_ms" in row:
+                                last_ok[(impl, shape, mode)] = row
+                        per_round[impl].append(row)
+                        bar.update(1)
+                        bar.write(_fmt_row(row))
+                rows += [_merge_rounds(per_round[impl]) for impl in group]
     bar.close()
     limits["matmul_flops_end"] = matmul_peak_flops(threads, device=device)
     limits["matmul_flops"] = max(limits["matmul_flops_start"], limits["matmul_flops_end"])
@@ -517,6 +524,54 @@ def run_model_bench(
         _write_outputs(result, Path(out_dir))
     print(format_table(rows, limits))
     return result
+
+
+def _runs_cell(
+    impl: str, mode: str, length: int, peer_modes: tuple[str, ...], decode_lengths: tuple[int, ...]
+) -> bool:
+    """Whether ``impl`` has a cell at (mode, length)."""
+    if not _is_ours(impl) and mode not in peer_modes:
+        return False
+    if impl == "mambapy" and mode == "decode" and length != min(decode_lengths):
+        return False  # mambapy decodes from an empty state: once is enough
+    if mode == "latency" and impl == "mambapy":
+        return False  # no cached prefill in mambapy
+    return not (mode == "fwdbwd" and impl == "llama")
+
+
+ROUND_MEDIAN_KEYS = ("median_ms", "min_ms", "tokens_per_s", "prefill_s")
+ROUND_MAX_KEYS = ("peak_extra_mib", "peak_rss_mib")
+
+
+def _merge_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from a cell's rounds: medians of the times, the largest peak, and the rounds'
+    tokens/s (for the paired ratios); a single round's row is returned as it is."""
+    if len(rows) == 1:
+        return rows[0]
+    ok = [r for r in rows if "tokens_per_s" in r]
+    if not ok:
+        return rows[-1]
+    merged = dict(ok[0])
+    for key in ROUND_MEDIAN_KEYS:
+        if all(r.get(key) is not None for r in ok):
+            merged[key] = statistics.median(r[key] for r in ok)
+    for key in ROUND_MAX_KEYS:
+        if all(r.get(key) is not None for r in ok):
+            merged[key] = max(r[key] for r in ok)
+    merged["rounds"] = len(ok)
+    merged["tokens_per_s_rounds"] = [r["tokens_per_s"] if r in ok else None for r in rows]
+    return merged
+
+
+def _ratio(ours: dict[str, Any], peer: dict[str, Any]) -> float:
+    """ours / peer tokens/s: the median of the rounds' ratios when both ran the same rounds
+    (paired), else the ratio of their medians."""
+    a, b = ours.get("tokens_per_s_rounds"), peer.get("tokens_per_s_rounds")
+    if a and b and len(a) == len(b):
+        pairs = [x / y for x, y in zip(a, b, strict=True) if x and y]
+        if pairs:
+            return statistics.median(pairs)
+    return ours["tokens_per_s"] / peer["tokens_per_s"]
 
 
 def _checked_device(device: str) -> str:
@@ -571,7 +626,7 @@ def _add_ratios(rows: list[dict[str, Any]], limits: dict[str, float]) -> None:
                      and q["mode"] == "decode"), None,
                 )  # fmt: skip
             if p is not None and "tokens_per_s" in p:
-                r[f"x_vs_{peer}"] = r["tokens_per_s"] / p["tokens_per_s"]
+                r[f"x_vs_{peer}"] = _ratio(r, p)
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
@@ -683,6 +738,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "too long to run twice (the numba kernels are still compiled on a short call first)",
     )  # fmt: skip
     p.add_argument("--out-dir", default=None)
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="run each (shape, mode, L) group's cells this many times in alternating order; "
+        "rows hold medians and ratios are medians of the rounds' ratios (paired)",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true")
     p.add_argument("--peer-budget-s", type=float, default=PEER_BUDGET_S)
     p.add_argument("--cell-timeout-s", type=float, default=CELL_TIMEOUT_S)
@@ -710,7 +770,7 @@ def run_from_args(a: argparse.Namespace) -> dict[str, Any]:
         prefill_chunk=a.prefill_chunk, batch=a.batch, threads=a.threads, repeats=a.repeats,
         out_dir=a.out_dir, quick=a.quick, peer_budget_s=a.peer_budget_s,
         cell_timeout_s=a.cell_timeout_s, baseline_src=a.baseline_src,
-        progress=not getattr(a, "quiet", False), device=a.device,
+        progress=not getattr(a, "quiet", False), device=a.device, rounds=a.rounds,
     )  # fmt: skip
 
 
