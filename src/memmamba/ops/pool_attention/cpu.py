@@ -27,6 +27,9 @@ if is_available():
 
 __all__ = ["is_available", "pool_attention_cpu"]
 
+UNROLL = 4
+"""Key columns (logits) or slots (weighted values) folded into one pass over an output row."""
+
 if is_available():
     _SERIAL = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
     _PARALLEL = dict(_SERIAL, parallel=True)
@@ -89,45 +92,162 @@ if is_available():
         return out
 
     @njit(**_SERIAL)
-    def _forward_head(q, k_table, v_table, index, valid, token_window, b, h, heads, out, lse):
-        """Context of head h for every token of sequence b, and its log-sum-exp."""
-        length = q.shape[1]
-        col, scale, keys, values, rows = _head_buffers(q.shape[2], index.shape[2], h, heads)
+    def _longest_run(token_window, b):
+        """Most consecutive tokens of sequence b in one window (the per-run buffers' width)."""
+        length = token_window.shape[1]
+        longest, run = 0, 0
+        for i in range(length):
+            run = run + 1 if i > 0 and token_window[b, i] == token_window[b, i - 1] else 1
+            longest = max(longest, run)
+        return longest
+
+    @njit(**_SERIAL)
+    def _logits_into(keys, queries, live, count, n, out):
+        """out[:count, :n] = keys[:count] @ queries[:, :n], -inf in the rows of slots that are
+        not ``live``; keys (M, dh), queries (dh, >= n). Four key columns per pass over a row,
+        so a row is loaded and stored dh / 4 times."""
         dh = keys.shape[1]
+        quads = dh - dh % UNROLL
+        for m in range(count):
+            row = out[m]
+            if not live[m]:
+                for i in range(n):
+                    row[i] = -np.inf
+                continue
+            for i in range(n):
+                row[i] = 0.0
+            for j in range(0, quads, UNROLL):
+                k0, k1, k2, k3 = keys[m, j], keys[m, j + 1], keys[m, j + 2], keys[m, j + 3]
+                q0, q1, q2, q3 = queries[j], queries[j + 1], queries[j + 2], queries[j + 3]
+                for i in range(n):
+                    row[i] += k0 * q0[i] + k1 * q1[i] + k2 * q2[i] + k3 * q3[i]
+            for j in range(quads, dh):
+                k = keys[m, j]
+                qj = queries[j]
+                for i in range(n):
+                    row[i] += k * qj[i]
+
+    @njit(**_SERIAL)
+    def _weighted_values_into(values, weights, count, n, acc):
+        """acc[:, :n] = values[:count].T @ weights[:count, :n]; values (M, dh), weights
+        (M, >= n), acc (dh, >= n). Four slots per pass over an output row."""
+        dh = values.shape[1]
+        quads = count - count % UNROLL
+        for j in range(dh):
+            row = acc[j]
+            for i in range(n):
+                row[i] = 0.0
+            for m in range(0, quads, UNROLL):
+                v0, v1, v2, v3 = values[m, j], values[m + 1, j], values[m + 2, j], values[m + 3, j]
+                w0, w1, w2, w3 = weights[m], weights[m + 1], weights[m + 2], weights[m + 3]
+                for i in range(n):
+                    row[i] += v0 * w0[i] + v1 * w1[i] + v2 * w2[i] + v3 * w3[i]
+            for m in range(quads, count):
+                v = values[m, j]
+                wm = weights[m]
+                for i in range(n):
+                    row[i] += v * wm[i]
+
+    @njit(**_SERIAL)
+    def _columns_into(x, b, start, n, col, block):
+        """block[:, :n] = x[b, start:start+n, col:col+dh] transposed; block (dh, >= n)."""
+        dh = block.shape[0]
+        for i in range(n):
+            for j in range(dh):
+                block[j, i] = x[b, start + i, col + j]
+
+    @njit(**_SERIAL)
+    def _run_end(token_window, b, start):
+        """End (exclusive) of the run of consecutive tokens of ``token_window[b, start]``."""
+        length = token_window.shape[1]
+        stop = start + 1
+        while stop < length and token_window[b, stop] == token_window[b, start]:
+            stop += 1
+        return stop
+
+    @njit(**_SERIAL)
+    def _refresh_slots(k_table, v_table, index, valid, b, c, col, scale, keys, values, rows,
+                       live):  # fmt: skip
+        """Point the (M, dh) key and value blocks at window c's snapshot, slot by slot: a
+        slot's row is copied only when it differs from the one cached there (a window's
+        snapshot differs from the previous one in at most one slot). Returns one past the last
+        live slot (0 when none is)."""
+        dh = keys.shape[1]
+        end = 0
+        for m in range(index.shape[2]):
+            live[m] = valid[b, c, m]
+            if not live[m]:
+                continue
+            end = m + 1
+            row = index[b, c, m]
+            if rows[m] != row:
+                rows[m] = row
+                for j in range(dh):
+                    keys[m, j] = k_table[b, row, col + j] * scale
+                    values[m, j] = v_table[b, row, col + j]
+        return end
+
+    @njit(**_SERIAL)
+    def _forward_head(
+        q, k_table, v_table, index, valid, token_window, b, h, heads, out, lse, save_lse
+    ):
+        """Context of head h for every token of sequence b, and (``save_lse``) its
+        log-sum-exp. Slots keep their places (dead ones get -inf logits, so zero weight), the
+        key and value blocks follow the snapshots incrementally (``_refresh_slots``), and the
+        run buffers are allocated once, as wide as the longest run."""
+        length = q.shape[1]
+        windows, slots = index.shape[1], index.shape[2]
+        col, scale, keys, values, rows = _head_buffers(q.shape[2], slots, h, heads)
+        dh = keys.shape[1]
+        keys[:] = 0.0  # dead slots meet zero weights: keep them finite
+        values[:] = 0.0
+        rows[:] = -1
+        live = np.zeros(slots, dtype=np.bool_)
+        width = _longest_run(token_window, b)
+        queries = np.empty((dh, width), dtype=np.float32)
+        weights = np.empty((slots, width), dtype=np.float32)
+        acc = np.empty((dh, width), dtype=np.float32)
+        top = np.empty(width, dtype=np.float32)
+        total = np.empty(width, dtype=np.float32)
         start = 0
         while start < length:
-            stop, count = _window_run(
-                k_table, v_table, index, valid, token_window, b, start, col, scale, keys, values,
-                rows,
-            )  # fmt: skip
+            stop = _run_end(token_window, b, start)
             n = stop - start
+            c = token_window[b, start]
+            count = 0
+            if c < windows:
+                count = _refresh_slots(
+                    k_table, v_table, index, valid, b, c, col, scale, keys, values, rows, live
+                )
             if count == 0:  # padding, or an empty pool
                 for i in range(start, stop):
-                    lse[b, h, i] = 0.0
+                    if save_lse:
+                        lse[b, h, i] = 0.0
                     for j in range(dh):
                         out[b, i, col + j] = 0.0
                 start = stop
                 continue
-            weights = _logits(keys, _columns(q, b, start, n, col, dh), count)
-            top = np.full(n, -np.inf, dtype=np.float32)
-            for m in range(count):
+            _columns_into(q, b, start, n, col, queries)
+            _logits_into(keys, queries, live, count, n, weights)
+            for i in range(n):
+                top[i] = weights[0, i]
+            for m in range(1, count):
+                w_m = weights[m]
                 for i in range(n):
-                    top[i] = max(top[i], weights[m, i])
-            total = np.zeros(n, dtype=np.float32)
+                    top[i] = max(top[i], w_m[i])
+            for i in range(n):
+                total[i] = 0.0
             for m in range(count):
+                w_m = weights[m]
                 for i in range(n):
-                    e = fast_exp(weights[m, i] - top[i])
-                    weights[m, i] = e
+                    e = fast_exp(w_m[i] - top[i])
+                    w_m[i] = e
                     total[i] += e
-            acc = np.zeros((dh, n), dtype=np.float32)
-            for m in range(count):
-                for j in range(dh):
-                    v = values[m, j]
-                    for i in range(n):
-                        acc[j, i] += v * weights[m, i]
+            _weighted_values_into(values, weights, count, n, acc)
             for i in range(n):
                 inv = np.float32(1.0) / total[i]
-                lse[b, h, start + i] = top[i] + math.log(total[i])
+                if save_lse:
+                    lse[b, h, start + i] = top[i] + math.log(total[i])
                 for j in range(dh):
                     out[b, start + i, col + j] = acc[j, i] * inv
             start = stop
@@ -189,13 +309,13 @@ if is_available():
             start = stop
 
     @njit(**_PARALLEL)
-    def _forward_kernel(q, k_table, v_table, index, valid, token_window, heads, out, lse):
+    def _forward_kernel(q, k_table, v_table, index, valid, token_window, heads, out, lse, save_lse):
         """q, out (B, L, S); k_table, v_table (B, T, S); index, valid (B, C, M);
-        token_window (B, L) (C for padding); lse (B, heads, L)."""
+        token_window (B, L) (C for padding); lse (B, heads, L), written when ``save_lse``."""
         for item in prange(q.shape[0] * heads):
             _forward_head(
                 q, k_table, v_table, index, valid, token_window,
-                item // heads, item % heads, heads, out, lse,
+                item // heads, item % heads, heads, out, lse, save_lse,
             )  # fmt: skip
 
     @njit(**_PARALLEL)
@@ -219,10 +339,12 @@ class _PoolAttentionCPU(torch.autograd.Function):
         q, k_table, v_table = (t.detach().contiguous() for t in (q, k_table, v_table))
         index, valid, token_window = (t.contiguous() for t in (index, valid, token_window))
         out = torch.empty_like(q)
-        lse = torch.empty(q.shape[0], heads, q.shape[1], dtype=torch.float32)
+        # The log-sum-exp is only for the backward: inference skips a log per token and head.
+        save_lse = any(ctx.needs_input_grad[:3])
+        lse = torch.empty(q.shape[0], heads, q.shape[1] if save_lse else 0, dtype=torch.float32)
         _forward_kernel(
             q.numpy(), k_table.numpy(), v_table.numpy(), index.numpy(), valid.numpy(),
-            token_window.numpy(), heads, out.numpy(), lse.numpy(),
+            token_window.numpy(), heads, out.numpy(), lse.numpy(), save_lse,
         )  # fmt: skip
         ctx.save_for_backward(q, k_table, v_table, index, valid, token_window, lse)
         ctx.heads = heads
