@@ -28,7 +28,7 @@ if is_available():
 __all__ = ["is_available", "pool_attention_cpu"]
 
 UNROLL = 4
-"""Key columns (logits) or slots (weighted values) folded into one pass over an output row."""
+"""Query rows (logits) or weight rows (weighted values) folded into one pass over the outputs."""
 
 if is_available():
     _SERIAL = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -104,47 +104,53 @@ if is_available():
     @njit(**_SERIAL)
     def _logits_into(keys, queries, live, count, n, out):
         """out[:count, :n] = keys[:count] @ queries[:, :n], -inf in the rows of slots that are
-        not ``live``; keys (M, dh), queries (dh, >= n). Four key columns per pass over a row,
-        so a row is loaded and stored dh / 4 times."""
+        not ``live``; keys (M, dh), queries (dh, >= n). Four query rows per pass over the
+        slots' rows (each of them stays in L1 across the slots)."""
         dh = keys.shape[1]
         quads = dh - dh % UNROLL
         for m in range(count):
-            row = out[m]
-            if not live[m]:
-                for i in range(n):
-                    row[i] = -np.inf
-                continue
             for i in range(n):
-                row[i] = 0.0
-            for j in range(0, quads, UNROLL):
+                out[m, i] = 0.0
+        for j in range(0, quads, UNROLL):
+            q0, q1, q2, q3 = queries[j], queries[j + 1], queries[j + 2], queries[j + 3]
+            for m in range(count):
                 k0, k1, k2, k3 = keys[m, j], keys[m, j + 1], keys[m, j + 2], keys[m, j + 3]
-                q0, q1, q2, q3 = queries[j], queries[j + 1], queries[j + 2], queries[j + 3]
+                row = out[m]
                 for i in range(n):
                     row[i] += k0 * q0[i] + k1 * q1[i] + k2 * q2[i] + k3 * q3[i]
-            for j in range(quads, dh):
+        for j in range(quads, dh):
+            qj = queries[j]
+            for m in range(count):
                 k = keys[m, j]
-                qj = queries[j]
+                row = out[m]
                 for i in range(n):
                     row[i] += k * qj[i]
+        for m in range(count):
+            if not live[m]:
+                for i in range(n):
+                    out[m, i] = -np.inf
 
     @njit(**_SERIAL)
     def _weighted_values_into(values, weights, count, n, acc):
         """acc[:, :n] = values[:count].T @ weights[:count, :n]; values (M, dh), weights
-        (M, >= n), acc (dh, >= n). Four slots per pass over an output row."""
+        (M, >= n), acc (dh, >= n). Four weight rows per pass over the output rows."""
         dh = values.shape[1]
         quads = count - count % UNROLL
         for j in range(dh):
-            row = acc[j]
             for i in range(n):
-                row[i] = 0.0
-            for m in range(0, quads, UNROLL):
+                acc[j, i] = 0.0
+        for m in range(0, quads, UNROLL):
+            w0, w1, w2, w3 = weights[m], weights[m + 1], weights[m + 2], weights[m + 3]
+            for j in range(dh):
                 v0, v1, v2, v3 = values[m, j], values[m + 1, j], values[m + 2, j], values[m + 3, j]
-                w0, w1, w2, w3 = weights[m], weights[m + 1], weights[m + 2], weights[m + 3]
+                row = acc[j]
                 for i in range(n):
                     row[i] += v0 * w0[i] + v1 * w1[i] + v2 * w2[i] + v3 * w3[i]
-            for m in range(quads, count):
+        for m in range(quads, count):
+            wm = weights[m]
+            for j in range(dh):
                 v = values[m, j]
-                wm = weights[m]
+                row = acc[j]
                 for i in range(n):
                     row[i] += v * wm[i]
 
