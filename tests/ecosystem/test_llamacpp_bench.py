@@ -283,3 +283,22 @@ def test_run_measured_reports_exit_code_peak_and_timeout() -> None:
     assert res["peak_rss_mib"] is None or 0 < res["peak_rss_mib"] < 100
     slow = lc.run_measured(["sleep", "30"], 0.3)
     assert slow["timed_out"] and slow["wall_s"] < 10
+
+
+def test_ratios_pair_the_rounds() -> None:
+    # llama.cpp's and our cells of a round run back to back: the ratio is the median of the
+    # rounds' ratios (3, 2, 2.5 -> 2.5), not the ratio of the medians (400 / 200 = 2).
+    cells = []
+    for rnd, (ref, ours, mem) in enumerate(((100, 300, 200), (200, 400, None), (400, 1000, 500))):
+        cells += [_cell("llamacpp", "prefill", 4096, ref, 10.0, rnd),
+                  _cell("mamba", "prefill", 4096, ours, 10.0, rnd)]  # fmt: skip
+        cell = _cell("memmamba", "prefill", 4096, mem, 10.0, rnd)
+        if mem is None:  # a failed round pairs with nothing
+            del cell["tokens_per_s"]
+            cell["error"] = "timeout"
+        cells.append(cell)
+    agg = {a["impl"]: a for a in lc.aggregate(cells)}
+    assert agg["memmamba"]["tokens_per_s_rounds"] == [200, None, 500]
+    (row,) = lc.compare(list(agg.values()))
+    assert row["x_mamba"] == pytest.approx(2.5)
+    assert row["memmamba_time_vs_mamba"] == pytest.approx((1.5 + 2.0) / 2)  # rounds 0 and 2

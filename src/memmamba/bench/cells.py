@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -107,6 +108,20 @@ def spawn_cell(
         if line.startswith("{"):
             return json.loads(line)
     return {**base, "error": " ".join((res.stderr or res.stdout).strip().splitlines()[-1:])}
+
+
+def paired_ratio(
+    ours: Sequence[float | None] | None, peer: Sequence[float | None] | None, fallback: float
+) -> float:
+    """ours / peer as the median of the per-round ratios, where both ran the same rounds (the
+    cells of a round run back to back, so a shared machine's drift between rounds cancels);
+    ``fallback`` (the ratio of medians) when there is nothing to pair. Failed rounds are None
+    and pair with nothing."""
+    if ours and peer and len(ours) == len(peer):
+        pairs = [a / b for a, b in zip(ours, peer, strict=True) if a and b]
+        if pairs:
+            return statistics.median(pairs)
+    return fallback
 
 
 def write_json_and_csv(out: Path, stem: str, payload: dict[str, Any], rows: list[dict]) -> None:

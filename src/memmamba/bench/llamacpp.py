@@ -20,7 +20,8 @@ tokens (not timed), then 64 single-token steps with the state; llama.cpp ``-p 0 
 Ours steps through ``model(token, cache=cache, use_cache=True)``, which dispatches to the fused
 one-token kernel (``memmamba.models.fast_decode``) where it applies (``decode_path`` says).
 tokens/s is the median of the repeats (after a warm-up on both sides), then the median over
-rounds. Memory (``model_mib``, the one held against the target): weights + state + working
+rounds; a speed ratio is the median over rounds of the ratio of the cells of one round (they
+run back to back: paired). Memory (``model_mib``, the one held against the target): weights + state + working
 memory of the cell. llama.cpp: peak RSS of the ``llama-bench`` process (``ru_maxrss`` of
 exactly that child) minus that of ``llama-bench --help`` (the bare runtime with its
 libraries). Ours: the bytes of the parameters plus the growth of ``VmHWM`` during the cell over
@@ -521,7 +522,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(agg)
             continue
         agg["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in ok)
-        agg["tokens_per_s_rounds"] = [r["tokens_per_s"] for r in ok]
+        # In round order, None where a round failed: compare() pairs the rounds.
+        agg["tokens_per_s_rounds"] = [r.get("tokens_per_s") for r in rs]
         for key in ("peak_rss_mib", "model_mib", "extra_mib", "process_mib", "weights_mib"):
             vals = [r[key] for r in ok if r.get(key) is not None]
             if vals:
@@ -536,7 +538,8 @@ def compare(agg: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (shape, dtype, mode, L): both sides and the ratios.
 
     ``x_<impl>`` = our tokens/s / llama.cpp's; ``mem_<impl>`` = our model memory / llama.cpp's;
-    ``memmamba_time_vs_mamba`` = MemMamba's time per token / Mamba's."""
+    ``memmamba_time_vs_mamba`` = MemMamba's time per token / Mamba's. With several rounds the
+    speed ratios are paired: the median of the rounds' ratios (``cells.paired_ratio``)."""
     by = {(a["impl"], a["shape"], a["dtype"], a["mode"], a["L"]): a for a in agg}
     keys = sorted({(a["shape"], a["dtype"], a["mode"], a["L"]) for a in agg},
                   key=_cell_order)  # fmt: skip
@@ -552,14 +555,26 @@ def compare(agg: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if "error" in a:
                 row[f"{impl}_error"] = a["error"]
         for impl in OURS:
-            ours, theirs = row[f"{impl}_tok_s"], ref.get("tokens_per_s")
-            row[f"x_{impl}"] = ours / theirs if ours and theirs else None
+            row[f"x_{impl}"] = _paired(by.get((impl, shape, dtype, mode, length), {}), ref)
             m_ours, m_theirs = row[f"{impl}_mib"], ref.get("model_mib")
             row[f"mem_{impl}"] = m_ours / m_theirs if m_ours and m_theirs else None
-        m, mm = row["mamba_tok_s"], row["memmamba_tok_s"]
-        row["memmamba_time_vs_mamba"] = m / mm if m and mm else None
+        row["memmamba_time_vs_mamba"] = _paired(
+            by.get(("mamba", shape, dtype, mode, length), {}),
+            by.get(("memmamba", shape, dtype, mode, length), {}),
+        )
         out.append(row)
     return out
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """a's tokens/s over b's (aggregate rows), paired over rounds; None if either is missing."""
+    if not a.get("tokens_per_s") or not b.get("tokens_per_s"):
+        return None
+    return cells.paired_ratio(
+        a.get("tokens_per_s_rounds"),
+        b.get("tokens_per_s_rounds"),
+        a["tokens_per_s"] / b["tokens_per_s"],
+    )
 
 
 def _cell_order(key: tuple) -> tuple:

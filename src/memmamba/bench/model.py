@@ -563,17 +563,6 @@ def _merge_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _ratio(ours: dict[str, Any], peer: dict[str, Any]) -> float:
-    """ours / peer tokens/s: the median of the rounds' ratios when both ran the same rounds
-    (paired), else the ratio of their medians."""
-    a, b = ours.get("tokens_per_s_rounds"), peer.get("tokens_per_s_rounds")
-    if a and b and len(a) == len(b):
-        pairs = [x / y for x, y in zip(a, b, strict=True) if x and y]
-        if pairs:
-            return statistics.median(pairs)
-    return ours["tokens_per_s"] / peer["tokens_per_s"]
-
-
 def _checked_device(device: str) -> str:
     """``device`` if this machine has it; a ValueError that says what to pass otherwise."""
     import torch
@@ -626,7 +615,11 @@ def _add_ratios(rows: list[dict[str, Any]], limits: dict[str, float]) -> None:
                      and q["mode"] == "decode"), None,
                 )  # fmt: skip
             if p is not None and "tokens_per_s" in p:
-                r[f"x_vs_{peer}"] = _ratio(r, p)
+                r[f"x_vs_{peer}"] = cells.paired_ratio(
+                    r.get("tokens_per_s_rounds"),
+                    p.get("tokens_per_s_rounds"),
+                    r["tokens_per_s"] / p["tokens_per_s"],
+                )
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
