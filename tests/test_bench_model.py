@@ -121,3 +121,27 @@ def test_rounds_merge_to_medians_and_paired_ratios() -> None:
 def test_rounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rounds"):
         run_model_bench(rounds=0, quick=True, isolate=False, progress=False)
+
+
+def test_peer_cache_passed_by_the_models_own_keyword() -> None:
+    # transformers releases before 5.2x take and return an attention model's cache as
+    # ``past_key_values``; the bench must feed the cache back under that name.
+    import torch
+    from torch import nn
+
+    from memmamba.bench.model import _cached_call
+    from memmamba.eval.common import cache_kwarg
+
+    class OldStyleLM(nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=False, logits_to_keep=0):
+            seen = 0 if past_key_values is None else past_key_values
+            logits = torch.zeros(1, input_ids.shape[1], 3)
+            return type("Out", (), {"logits": logits, "past_key_values": seen + 1})()
+
+    model = OldStyleLM()
+    name = cache_kwarg(model)
+    assert name == "past_key_values"
+    out, cache = _cached_call(model, name, torch.zeros(1, 2, dtype=torch.long), None)
+    for _ in range(3):
+        out, cache = _cached_call(model, name, torch.zeros(1, 1, dtype=torch.long), cache)
+    assert cache == 4 and out.logits.shape == (1, 1, 3)

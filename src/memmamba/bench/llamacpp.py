@@ -21,14 +21,14 @@ Ours steps through ``model(token, cache=cache, use_cache=True)``, which dispatch
 one-token kernel (``memmamba.models.fast_decode``) where it applies (``decode_path`` says).
 tokens/s is the median of the repeats (after a warm-up on both sides), then the median over
 rounds; a speed ratio is the median over rounds of the ratio of the cells of one round (they
-run back to back: paired). Memory (``model_mib``, the one held against the target): weights + state + working
-memory of the cell. llama.cpp: peak RSS of the ``llama-bench`` process (``ru_maxrss`` of
-exactly that child) minus that of ``llama-bench --help`` (the bare runtime with its
-libraries). Ours: the bytes of the parameters plus the growth of ``VmHWM`` during the cell over
-the RSS with the model built and warmed up (``extra_mib``, as every bench cell measures it);
-``process_mib`` adds what torch, numba's compiled kernels and lazy imports cost on top (peak RSS
-minus the RSS of Python with torch and memmamba imported). ``extra_mib`` of llama.cpp is its
-peak over that of a 16-token prefill of the same model and context.
+run back to back: paired). Memory (``model_mib``, the one held against the target): weights +
+state + working memory of the cell. llama.cpp: peak RSS of the ``llama-bench`` process
+(``ru_maxrss`` of exactly that child) minus that of ``llama-bench --help`` (the bare runtime
+with its libraries). Ours: the bytes of the parameters plus the growth of ``VmHWM`` during the
+cell over the RSS with the model built and warmed up (``extra_mib``, as every bench cell
+measures it); ``process_mib`` adds what torch, numba's compiled kernels and lazy imports cost
+on top (peak RSS minus the RSS of Python with torch and memmamba imported). ``extra_mib`` of
+llama.cpp is its peak over that of a 16-token prefill of the same model and context.
 
 Run ``memmamba bench llamacpp --help`` or ``python benchmarks/bench_llamacpp.py``.
 """

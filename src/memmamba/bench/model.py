@@ -248,12 +248,25 @@ def _prefill(impl: str, model, ids, chunk: int):
         if impl == "hf":
             out = model(ids, use_cache=True, logits_to_keep=1)
             return out.cache, out.logits
-        cache = None
+        from ..eval.common import cache_kwarg
+
+        cache, name = None, cache_kwarg(model)
         for start in range(0, ids.shape[1], chunk):
             part = ids[:, start : start + chunk]
-            out = model(part, cache=cache, use_cache=True, logits_to_keep=1)
-            cache = out.cache
+            out, cache = _cached_call(model, name, part, cache, logits_to_keep=1)
     return cache, out.logits
+
+
+def _cached_call(model, name: str | None, ids, cache, **kwargs):
+    """``model(ids)`` continuing ``cache`` (None: a fresh sequence), the cache passed by
+    ``name`` (``eval.common.cache_kwarg``: transformers releases differ); returns (output, the
+    cache after the call)."""
+    from ..eval.common import cache_of
+
+    if cache is not None and name is not None:
+        kwargs[name] = cache
+    out = model(ids, use_cache=True, **kwargs)
+    return out, cache_of(out)
 
 
 def _decode_fn(impl: str, model, cache, vocab: int, steps: int):
@@ -262,7 +275,10 @@ def _decode_fn(impl: str, model, cache, vocab: int, steps: int):
 
     g = torch.Generator().manual_seed(SEED + 1)
     toks = torch.randint(0, vocab, (steps, 1, 1), generator=g)
+    from ..eval.common import cache_kwarg
+
     state = {"cache": cache}
+    name = None if impl == "mambapy" else cache_kwarg(model)
 
     def run() -> None:
         with torch.inference_mode():
@@ -270,10 +286,8 @@ def _decode_fn(impl: str, model, cache, vocab: int, steps: int):
             for i in range(steps):
                 if impl == "mambapy":
                     _, c = model.step(toks[i, :, 0], c)
-                elif impl == "llama":
-                    c = model(toks[i], cache=c, use_cache=True).cache
                 else:
-                    c = model(toks[i], cache=c, use_cache=True).cache
+                    _, c = _cached_call(model, name, toks[i], c)
             state["cache"] = c
 
     return run
@@ -287,13 +301,17 @@ def _latency_fn(impl: str, model, ids, chunk: int, new_tokens: int):
     def next_token(logits):
         return logits[:, -1:].argmax(-1)
 
+    from ..eval.common import cache_kwarg
+
+    name = cache_kwarg(model)
+
     def run() -> None:
         cache, logits = _prefill(impl, model, ids, chunk)
         tok = next_token(logits)
         with torch.inference_mode():
             for _ in range(new_tokens):
-                out = model(tok, cache=cache, use_cache=True)
-                cache, tok = out.cache, next_token(out.logits)
+                out, cache = _cached_call(model, name, tok, cache)
+                tok = next_token(out.logits)
 
     return run
 

@@ -188,12 +188,16 @@ def _forward_params(model: nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
 
-def _cache_kwarg(model: nn.Module) -> str | None:
+def cache_kwarg(model: nn.Module) -> str | None:
+    """The keyword ``model.forward`` takes its cache by: ``cache`` (ours, transformers >= 5.2x),
+    ``cache_params`` (older transformers' Mamba), ``past_key_values`` (older attention models),
+    or None."""
     params = _forward_params(model)
     return next((k for k in CACHE_KWARGS if k in params), None)
 
 
-def _cache_of(output: Any) -> Any:
+def cache_of(output: Any) -> Any:
+    """The cache a model output carries, under any of the ``CACHE_KWARGS`` names (or None)."""
     for key in CACHE_KWARGS:
         value = getattr(output, key, None)
         if value is not None:
@@ -216,7 +220,7 @@ def runner_mode(model: nn.Module) -> str:
     stateful = getattr(model, "_is_stateful", False) or (
         getattr(getattr(model, "config", None), "model_type", "") == "memmamba"
     )
-    if stateful and _cache_kwarg(model) in ("cache", "cache_params"):
+    if stateful and cache_kwarg(model) in ("cache", "cache_params"):
         return "stateful"
     return "single"
 
@@ -364,7 +368,7 @@ class Runner:
         self.states = states
         self.device = next(model.parameters()).device
         params = _forward_params(model)
-        self._cache_kw = _cache_kwarg(model)
+        self._cache_kw = cache_kwarg(model)
         self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
         self.reset()
 
@@ -394,7 +398,7 @@ class Runner:
             kwargs[self._keep_kw] = max(keep, 1)
         with _MixerOutputs(self.model, enabled=mixer_hook) as mixed:
             out = self.model(input_ids=ids, **kwargs)
-        self._cache = _cache_of(out)
+        self._cache = cache_of(out)
         logits = out.logits[0, out.logits.shape[1] - keep :].float() if keep else None
         if mixer_hook:
             layers = mixed.outputs

@@ -102,10 +102,10 @@ if is_available():
         return longest
 
     @njit(**_SERIAL)
-    def _logits_into(keys, queries, live, count, n, out):
-        """out[:count, :n] = keys[:count] @ queries[:, :n], -inf in the rows of slots that are
-        not ``live``; keys (M, dh), queries (dh, >= n). Four query rows per pass over the
-        slots' rows (each of them stays in L1 across the slots)."""
+    def _logits_into(keys, queries, count, n, out):
+        """out[:count, :n] = keys[:count] @ queries[:, :n]; keys (M, dh), queries (dh, >= n).
+        Four query rows per pass over the slots' rows (each of them stays in L1 across the
+        slots)."""
         dh = keys.shape[1]
         quads = dh - dh % UNROLL
         for m in range(count):
@@ -125,10 +125,6 @@ if is_available():
                 row = out[m]
                 for i in range(n):
                     row[i] += k * qj[i]
-        for m in range(count):
-            if not live[m]:
-                for i in range(n):
-                    out[m, i] = -np.inf
 
     @njit(**_SERIAL)
     def _weighted_values_into(values, weights, count, n, acc):
@@ -198,8 +194,8 @@ if is_available():
         q, k_table, v_table, index, valid, token_window, b, h, heads, out, lse, save_lse
     ):
         """Context of head h for every token of sequence b, and (``save_lse``) its
-        log-sum-exp. Slots keep their places (dead ones get -inf logits, so zero weight), the
-        key and value blocks follow the snapshots incrementally (``_refresh_slots``), and the
+        log-sum-exp. Slots keep their places (dead ones get weight zero), the key and value
+        blocks follow the snapshots incrementally (``_refresh_slots``), and the
         run buffers are allocated once, as wide as the longest run."""
         length = q.shape[1]
         windows, slots = index.shape[1], index.shape[2]
@@ -234,17 +230,21 @@ if is_available():
                 start = stop
                 continue
             _columns_into(q, b, start, n, col, queries)
-            _logits_into(keys, queries, live, count, n, weights)
+            _logits_into(keys, queries, count, n, weights)
             for i in range(n):
-                top[i] = weights[0, i]
-            for m in range(1, count):
-                w_m = weights[m]
-                for i in range(n):
-                    top[i] = max(top[i], w_m[i])
-            for i in range(n):
+                top[i] = -np.inf
                 total[i] = 0.0
             for m in range(count):
+                if live[m]:
+                    w_m = weights[m]
+                    for i in range(n):
+                        top[i] = max(top[i], w_m[i])
+            for m in range(count):
                 w_m = weights[m]
+                if not live[m]:  # a dead slot's (finite) logits get weight zero
+                    for i in range(n):
+                        w_m[i] = 0.0
+                    continue
                 for i in range(n):
                     e = fast_exp(w_m[i] - top[i])
                     w_m[i] = e
