@@ -45,17 +45,23 @@ if is_available():
         return h * dh, np.float32(1.0 / math.sqrt(dh)), keys, values, rows
 
     @njit(**_SERIAL)
+    def _run_end(token_window, b, start):
+        """End (exclusive) of the run of consecutive tokens of ``token_window[b, start]``."""
+        length = token_window.shape[1]
+        stop = start + 1
+        while stop < length and token_window[b, stop] == token_window[b, start]:
+            stop += 1
+        return stop
+
+    @njit(**_SERIAL)
     def _window_run(k_table, v_table, index, valid, token_window, b, start, col, scale, keys,
                     values, rows):  # fmt: skip
         """The run of consecutive tokens of ``token_window[b, start]``'s window: returns its end
         (exclusive) and how many valid slots that window reads (0 for padding, window C), whose
         keys (scaled), values and table rows are copied into keys, values, rows."""
         windows, slots = index.shape[1], index.shape[2]
-        length = token_window.shape[1]
         c = token_window[b, start]
-        stop = start + 1
-        while stop < length and token_window[b, stop] == c:
-            stop += 1
+        stop = _run_end(token_window, b, start)
         if c >= windows:
             return stop, 0
         dh = keys.shape[1]
@@ -157,15 +163,6 @@ if is_available():
         for i in range(n):
             for j in range(dh):
                 block[j, i] = x[b, start + i, col + j]
-
-    @njit(**_SERIAL)
-    def _run_end(token_window, b, start):
-        """End (exclusive) of the run of consecutive tokens of ``token_window[b, start]``."""
-        length = token_window.shape[1]
-        stop = start + 1
-        while stop < length and token_window[b, stop] == token_window[b, start]:
-            stop += 1
-        return stop
 
     @njit(**_SERIAL)
     def _refresh_slots(k_table, v_table, index, valid, b, c, col, scale, keys, values, rows,
