@@ -3,13 +3,15 @@
 Same contract as ``naive.pool_attention_torch`` (float32 only), without its (window, offset)
 grid, its gathered (window, slot) key/value copies and its batched small matmuls. Work items
 are (sequence, head) pairs spread over numba's threads; each walks the tokens once in runs of
-consecutive tokens of one window, copies the run's valid keys and values of its head into a
-small contiguous block, and keeps every inner loop running over the run's tokens.
+consecutive tokens of one window and keeps every inner loop running over the run's tokens. Its
+head's keys and values sit in a (slot, channel) block where each slot keeps its place: going
+from one window to the next copies only the slots whose table row changed (one, when a window
+inserted a note), and slots that are not valid get weight zero.
 
-The forward saves each token's log-sum-exp per head; the backward recomputes the attention
-weights from it (no (token, slot) tensor is kept) and writes the gradients of the queries and
-of the projected table rows. A (sequence, head) item owns its head's columns of every output,
-so the items never write the same memory.
+The forward saves each token's log-sum-exp per head when a gradient is wanted; the backward
+recomputes the attention weights from it (no (token, slot) tensor is kept) and writes the
+gradients of the queries and of the projected table rows. A (sequence, head) item owns its
+head's columns of every output, so the items never write the same memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ if is_available():
     @njit(**_SERIAL)
     def _head_buffers(width, slots, h, heads):
         """Head h's first column and score scale, and its (slots, dh) key and value blocks and
-        (slots,) table rows to fill per window."""
+        (slots,) cached table rows, kept across the windows (``_refresh_slots``)."""
         dh = width // heads
         keys = np.empty((slots, dh), dtype=np.float32)
         values = np.empty((slots, dh), dtype=np.float32)
@@ -52,50 +54,6 @@ if is_available():
         while stop < length and token_window[b, stop] == token_window[b, start]:
             stop += 1
         return stop
-
-    @njit(**_SERIAL)
-    def _window_run(k_table, v_table, index, valid, token_window, b, start, col, scale, keys,
-                    values, rows):  # fmt: skip
-        """The run of consecutive tokens of ``token_window[b, start]``'s window: returns its end
-        (exclusive) and how many valid slots that window reads (0 for padding, window C), whose
-        keys (scaled), values and table rows are copied into keys, values, rows."""
-        windows, slots = index.shape[1], index.shape[2]
-        c = token_window[b, start]
-        stop = _run_end(token_window, b, start)
-        if c >= windows:
-            return stop, 0
-        dh = keys.shape[1]
-        count = 0
-        for m in range(slots):
-            if valid[b, c, m]:
-                row = index[b, c, m]
-                rows[count] = row
-                for j in range(dh):
-                    keys[count, j] = k_table[b, row, col + j] * scale
-                    values[count, j] = v_table[b, row, col + j]
-                count += 1
-        return stop, count
-
-    @njit(**_SERIAL)
-    def _columns(x, b, start, n, col, dh):
-        """x[b, start:start+n, col:col+dh] transposed to a contiguous (dh, n) block."""
-        block = np.empty((dh, n), dtype=np.float32)
-        for i in range(n):
-            for j in range(dh):
-                block[j, i] = x[b, start + i, col + j]
-        return block
-
-    @njit(**_SERIAL)
-    def _logits(keys, queries, count):
-        """(count, n) = keys[:count] @ queries."""
-        dh, n = queries.shape
-        out = np.zeros((count, n), dtype=np.float32)
-        for m in range(count):
-            for j in range(dh):
-                k = keys[m, j]
-                for i in range(n):
-                    out[m, i] += k * queries[j, i]
-        return out
 
     @njit(**_SERIAL)
     def _longest_run(token_window, b):
@@ -260,32 +218,60 @@ if is_available():
         q, k_table, v_table, index, valid, token_window, lse, dout, b, h, heads, dq, dk, dv
     ):
         """Gradients of head h of sequence b: dq's columns, and dk / dv summed into the table
-        rows each window read (dq, dk, dv start at zero)."""
+        rows each window read (dq, dk, dv start at zero). The weights are recomputed from the
+        forward's log-sum-exp over the same in-place slots as the forward's."""
         length = q.shape[1]
-        col, scale, keys, values, rows = _head_buffers(q.shape[2], index.shape[2], h, heads)
+        windows, slots = index.shape[1], index.shape[2]
+        col, scale, keys, values, rows = _head_buffers(q.shape[2], slots, h, heads)
         dh = keys.shape[1]
+        keys[:] = 0.0  # dead slots meet zero weights: keep them finite
+        values[:] = 0.0
+        rows[:] = -1
+        live = np.zeros(slots, dtype=np.bool_)
+        width = _longest_run(token_window, b)
+        queries = np.empty((dh, width), dtype=np.float32)
+        grads = np.empty((dh, width), dtype=np.float32)
+        probs = np.empty((slots, width), dtype=np.float32)
+        dprobs = np.empty((slots, width), dtype=np.float32)
+        dquery = np.empty((dh, width), dtype=np.float32)
+        dot = np.empty(width, dtype=np.float32)
         start = 0
         while start < length:
-            stop, count = _window_run(
-                k_table, v_table, index, valid, token_window, b, start, col, scale, keys, values,
-                rows,
-            )  # fmt: skip
+            stop = _run_end(token_window, b, start)
             n = stop - start
+            c = token_window[b, start]
+            count = 0
+            if c < windows:
+                count = _refresh_slots(
+                    k_table, v_table, index, valid, b, c, col, scale, keys, values, rows, live
+                )
             if count == 0:
                 start = stop
                 continue
-            queries = _columns(q, b, start, n, col, dh)
-            grads = _columns(dout, b, start, n, col, dh)
-            probs = _logits(keys, queries, count)
+            _columns_into(q, b, start, n, col, queries)
+            _columns_into(dout, b, start, n, col, grads)
+            _logits_into(keys, queries, count, n, probs)
             for m in range(count):
+                p_m = probs[m]
+                if not live[m]:
+                    for i in range(n):
+                        p_m[i] = 0.0
+                    continue
                 for i in range(n):
-                    probs[m, i] = fast_exp(probs[m, i] - lse[b, h, start + i])
-            dprobs = _logits(values, grads, count)  # (count, n): dout . v
-            dot = np.zeros(n, dtype=np.float32)
+                    p_m[i] = fast_exp(p_m[i] - lse[b, h, start + i])
+            _logits_into(values, grads, count, n, dprobs)  # (count, n): dout . v
+            for i in range(n):
+                dot[i] = 0.0
             for m in range(count):
-                for i in range(n):
-                    dot[i] += probs[m, i] * dprobs[m, i]
+                if live[m]:
+                    for i in range(n):
+                        dot[i] += probs[m, i] * dprobs[m, i]
             for m in range(count):
+                d_m = dprobs[m]
+                if not live[m]:
+                    for i in range(n):
+                        d_m[i] = 0.0
+                    continue
                 row = rows[m]
                 for j in range(dh):
                     g = grads[j]
@@ -294,16 +280,16 @@ if is_available():
                         acc += probs[m, i] * g[i]
                     dv[b, row, col + j] += acc
                 for i in range(n):  # d logits, in place
-                    dprobs[m, i] = probs[m, i] * (dprobs[m, i] - dot[i])
-            dquery = np.zeros((dh, n), dtype=np.float32)
+                    d_m[i] = probs[m, i] * (d_m[i] - dot[i])
+            _weighted_values_into(keys, dprobs, count, n, dquery)
             for m in range(count):
+                if not live[m]:
+                    continue
                 row = rows[m]
                 for j in range(dh):
-                    k = keys[m, j]
                     qj = queries[j]
                     acc = np.float32(0.0)
                     for i in range(n):
-                        dquery[j, i] += dprobs[m, i] * k
                         acc += dprobs[m, i] * qj[i]
                     dk[b, row, col + j] += acc * scale
             for i in range(n):
