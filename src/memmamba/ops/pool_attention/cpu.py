@@ -30,7 +30,7 @@ if is_available():
 __all__ = ["is_available", "pool_attention_cpu"]
 
 UNROLL = 4
-"""Query rows (logits) or weight rows (weighted values) folded into one pass over the outputs."""
+"""Rows of the right-hand operand folded into one pass over a product's output rows."""
 
 if is_available():
     _SERIAL = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
@@ -66,53 +66,28 @@ if is_available():
         return longest
 
     @njit(**_SERIAL)
-    def _logits_into(keys, queries, count, n, out):
-        """out[:count, :n] = keys[:count] @ queries[:, :n]; keys (M, dh), queries (dh, >= n).
-        Four query rows per pass over the slots' rows (each of them stays in L1 across the
-        slots)."""
-        dh = keys.shape[1]
-        quads = dh - dh % UNROLL
-        for m in range(count):
+    def _product_into(a, b, rows, inner, n, out):
+        """out[:rows, :n] = a[:rows, :inner] @ b[:inner, :n]. Four rows of b per pass over the
+        output rows (they stay in L1 across them). The logits are ``keys @ queries``, the
+        weighted values ``values.T @ weights``."""
+        quads = inner - inner % UNROLL
+        for r in range(rows):
             for i in range(n):
-                out[m, i] = 0.0
-        for j in range(0, quads, UNROLL):
-            q0, q1, q2, q3 = queries[j], queries[j + 1], queries[j + 2], queries[j + 3]
-            for m in range(count):
-                k0, k1, k2, k3 = keys[m, j], keys[m, j + 1], keys[m, j + 2], keys[m, j + 3]
-                row = out[m]
+                out[r, i] = 0.0
+        for k in range(0, quads, UNROLL):
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            for r in range(rows):
+                a0, a1, a2, a3 = a[r, k], a[r, k + 1], a[r, k + 2], a[r, k + 3]
+                row = out[r]
                 for i in range(n):
-                    row[i] += k0 * q0[i] + k1 * q1[i] + k2 * q2[i] + k3 * q3[i]
-        for j in range(quads, dh):
-            qj = queries[j]
-            for m in range(count):
-                k = keys[m, j]
-                row = out[m]
+                    row[i] += a0 * b0[i] + a1 * b1[i] + a2 * b2[i] + a3 * b3[i]
+        for k in range(quads, inner):
+            bk = b[k]
+            for r in range(rows):
+                ak = a[r, k]
+                row = out[r]
                 for i in range(n):
-                    row[i] += k * qj[i]
-
-    @njit(**_SERIAL)
-    def _weighted_values_into(values, weights, count, n, acc):
-        """acc[:, :n] = values[:count].T @ weights[:count, :n]; values (M, dh), weights
-        (M, >= n), acc (dh, >= n). Four weight rows per pass over the output rows."""
-        dh = values.shape[1]
-        quads = count - count % UNROLL
-        for j in range(dh):
-            for i in range(n):
-                acc[j, i] = 0.0
-        for m in range(0, quads, UNROLL):
-            w0, w1, w2, w3 = weights[m], weights[m + 1], weights[m + 2], weights[m + 3]
-            for j in range(dh):
-                v0, v1, v2, v3 = values[m, j], values[m + 1, j], values[m + 2, j], values[m + 3, j]
-                row = acc[j]
-                for i in range(n):
-                    row[i] += v0 * w0[i] + v1 * w1[i] + v2 * w2[i] + v3 * w3[i]
-        for m in range(quads, count):
-            wm = weights[m]
-            for j in range(dh):
-                v = values[m, j]
-                row = acc[j]
-                for i in range(n):
-                    row[i] += v * wm[i]
+                    row[i] += ak * bk[i]
 
     @njit(**_SERIAL)
     def _columns_into(x, b, start, n, col, block):
@@ -185,7 +160,7 @@ if is_available():
                 start = stop
                 continue
             _columns_into(q, b, start, n, col, queries)
-            _logits_into(keys, queries, count, n, weights)
+            _product_into(keys, queries, count, dh, n, weights)
             for i in range(n):
                 top[i] = -np.inf
                 total[i] = 0.0
@@ -204,7 +179,7 @@ if is_available():
                     e = fast_exp(w_m[i] - top[i])
                     w_m[i] = e
                     total[i] += e
-            _weighted_values_into(values, weights, count, n, acc)
+            _product_into(values.T, weights, dh, count, n, acc)
             for i in range(n):
                 inv = np.float32(1.0) / total[i]
                 if save_lse:
@@ -250,7 +225,7 @@ if is_available():
                 continue
             _columns_into(q, b, start, n, col, queries)
             _columns_into(dout, b, start, n, col, grads)
-            _logits_into(keys, queries, count, n, probs)
+            _product_into(keys, queries, count, dh, n, probs)
             for m in range(count):
                 p_m = probs[m]
                 if not live[m]:
@@ -259,7 +234,7 @@ if is_available():
                     continue
                 for i in range(n):
                     p_m[i] = fast_exp(p_m[i] - lse[b, h, start + i])
-            _logits_into(values, grads, count, n, dprobs)  # (count, n): dout . v
+            _product_into(values, grads, count, dh, n, dprobs)  # (count, n): dout . v
             for i in range(n):
                 dot[i] = 0.0
             for m in range(count):
@@ -281,7 +256,7 @@ if is_available():
                     dv[b, row, col + j] += acc
                 for i in range(n):  # d logits, in place
                     d_m[i] = probs[m, i] * (d_m[i] - dot[i])
-            _weighted_values_into(keys, dprobs, count, n, dquery)
+            _product_into(keys.T, dprobs, dh, count, n, dquery)
             for m in range(count):
                 if not live[m]:
                     continue
