@@ -134,7 +134,7 @@ def fast_exp(x):  # pragma: no cover - replaced by the overload inside jitted co
 
 def decay_exp2(x):  # pragma: no cover - replaced by the overload inside jitted code
     """2**x for a decay exponent x = dt * A * log2(e): a vectorisable polynomial for float32
-    (clamped to [DECAY_EXP2_MIN, DECAY_EXP2_MAX]), exact for float64."""
+    (clamped to [DECAY_EXP2_MIN, DECAY_EXP2_MAX]), ``math.exp(x ln 2)`` for float64."""
     return 2.0**x
 
 
