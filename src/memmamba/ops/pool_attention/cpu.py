@@ -38,13 +38,16 @@ if is_available():
 
     @njit(**_SERIAL)
     def _head_buffers(width, slots, h, heads):
-        """Head h's first column and score scale, and its (slots, dh) key and value blocks and
-        (slots,) cached table rows, kept across the windows (``_refresh_slots``)."""
+        """Head h's first column and score scale, and the slot state kept across the windows
+        (``_next_run``): (slots, dh) key and value blocks (zero: a dead slot meets a zero
+        weight, so it must stay finite), the (slots,) table rows cached there (-1: none) and
+        which slots are live."""
         dh = width // heads
-        keys = np.empty((slots, dh), dtype=np.float32)
-        values = np.empty((slots, dh), dtype=np.float32)
-        rows = np.empty(slots, dtype=np.int64)
-        return h * dh, np.float32(1.0 / math.sqrt(dh)), keys, values, rows
+        keys = np.zeros((slots, dh), dtype=np.float32)
+        values = np.zeros((slots, dh), dtype=np.float32)
+        rows = np.full(slots, -1, dtype=np.int64)
+        live = np.zeros(slots, dtype=np.bool_)
+        return h * dh, np.float32(1.0 / math.sqrt(dh)), keys, values, rows, live
 
     @njit(**_SERIAL)
     def _run_end(token_window, b, start):
@@ -120,21 +123,32 @@ if is_available():
         return end
 
     @njit(**_SERIAL)
+    def _next_run(k_table, v_table, index, valid, token_window, b, start, col, scale, keys,
+                  values, rows, live):  # fmt: skip
+        """The run of tokens of one window from ``start``: returns its end (exclusive) and one
+        past its last live slot (0 for padding or an empty pool), with the slot state pointed
+        at the window's snapshot (``_refresh_slots``)."""
+        stop = _run_end(token_window, b, start)
+        c = token_window[b, start]
+        if c >= index.shape[1]:
+            return stop, 0
+        count = _refresh_slots(
+            k_table, v_table, index, valid, b, c, col, scale, keys, values, rows, live
+        )
+        return stop, count
+
+    @njit(**_SERIAL)
     def _forward_head(
         q, k_table, v_table, index, valid, token_window, b, h, heads, out, lse, save_lse
     ):
         """Context of head h for every token of sequence b, and (``save_lse``) its
         log-sum-exp. Slots keep their places (dead ones get weight zero), the key and value
-        blocks follow the snapshots incrementally (``_refresh_slots``), and the
+        blocks follow the snapshots incrementally (``_next_run``), and the
         run buffers are allocated once, as wide as the longest run."""
         length = q.shape[1]
-        windows, slots = index.shape[1], index.shape[2]
-        col, scale, keys, values, rows = _head_buffers(q.shape[2], slots, h, heads)
+        slots = index.shape[2]
+        col, scale, keys, values, rows, live = _head_buffers(q.shape[2], slots, h, heads)
         dh = keys.shape[1]
-        keys[:] = 0.0  # dead slots meet zero weights: keep them finite
-        values[:] = 0.0
-        rows[:] = -1
-        live = np.zeros(slots, dtype=np.bool_)
         width = _longest_run(token_window, b)
         queries = np.empty((dh, width), dtype=np.float32)
         weights = np.empty((slots, width), dtype=np.float32)
@@ -143,14 +157,11 @@ if is_available():
         total = np.empty(width, dtype=np.float32)
         start = 0
         while start < length:
-            stop = _run_end(token_window, b, start)
+            stop, count = _next_run(
+                k_table, v_table, index, valid, token_window, b, start, col, scale, keys, values,
+                rows, live,
+            )  # fmt: skip
             n = stop - start
-            c = token_window[b, start]
-            count = 0
-            if c < windows:
-                count = _refresh_slots(
-                    k_table, v_table, index, valid, b, c, col, scale, keys, values, rows, live
-                )
             if count == 0:  # padding, or an empty pool
                 for i in range(start, stop):
                     if save_lse:
@@ -196,13 +207,9 @@ if is_available():
         rows each window read (dq, dk, dv start at zero). The weights are recomputed from the
         forward's log-sum-exp over the same in-place slots as the forward's."""
         length = q.shape[1]
-        windows, slots = index.shape[1], index.shape[2]
-        col, scale, keys, values, rows = _head_buffers(q.shape[2], slots, h, heads)
+        slots = index.shape[2]
+        col, scale, keys, values, rows, live = _head_buffers(q.shape[2], slots, h, heads)
         dh = keys.shape[1]
-        keys[:] = 0.0  # dead slots meet zero weights: keep them finite
-        values[:] = 0.0
-        rows[:] = -1
-        live = np.zeros(slots, dtype=np.bool_)
         width = _longest_run(token_window, b)
         queries = np.empty((dh, width), dtype=np.float32)
         grads = np.empty((dh, width), dtype=np.float32)
@@ -212,14 +219,11 @@ if is_available():
         dot = np.empty(width, dtype=np.float32)
         start = 0
         while start < length:
-            stop = _run_end(token_window, b, start)
+            stop, count = _next_run(
+                k_table, v_table, index, valid, token_window, b, start, col, scale, keys, values,
+                rows, live,
+            )  # fmt: skip
             n = stop - start
-            c = token_window[b, start]
-            count = 0
-            if c < windows:
-                count = _refresh_slots(
-                    k_table, v_table, index, valid, b, c, col, scale, keys, values, rows, live
-                )
             if count == 0:
                 start = stop
                 continue
