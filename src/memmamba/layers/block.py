@@ -94,11 +94,11 @@ class LayerMemory(nn.Module):
         gate = self.gate(x, layout)
         if gate is not None:
             context = context * gate
-        x_bar = x + self.token_fusion(x, context)
+        x_bar = self.token_fusion.add_to(x, x, context)
         if self.layer_attn is not None:
             sources = PoolSnapshots.concat([previous[i] for i in self.sources])
             layer_context = self.layer_attn(x, sources, layout)
-            x_bar = x_bar + self.layer_fusion(x, layer_context)
+            x_bar = self.layer_fusion.add_to(x_bar, x, layer_context)
         return x_bar, snapshots, new_state
 
 

@@ -165,12 +165,25 @@ class MemoryFusion(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: (batch, L, hidden_size), context: (batch, L, summary_size) -> (batch, L, hidden)."""
+        scale, update = self._scale_and_update(x, context)
+        return update if scale is None else scale * update
+
+    def add_to(self, base: torch.Tensor, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``base + forward(x, context)`` with the scaling and the sum in one operation.
+        base: (batch, L, hidden_size)."""
+        scale, update = self._scale_and_update(x, context)
+        return base + update if scale is None else torch.addcmul(base, scale, update)
+
+    def _scale_and_update(
+        self, x: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the multiplier of the update or None, the update W_o c)."""
         update = self.out_proj(context)
         if self.kind == "weighted":
-            return self.alpha.to(update.dtype) * update
+            return self.alpha.to(update.dtype), update
         if self.kind == "gated":
-            return torch.sigmoid(self.gate(torch.cat([x, context], -1))) * update
-        return update
+            return torch.sigmoid(self.gate(torch.cat([x, context], -1))), update
+        return None, update
 
 
 __all__ = ["MemoryAttention", "MemoryFusion", "RetrievalGate", "ZeroInitLinear"]

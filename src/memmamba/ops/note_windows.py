@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, owned_copy, replay_pool
+from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
 from .window_max import max_into
 
 if is_available():
@@ -32,17 +32,21 @@ if is_available():
         notes, token_score, token_window, has_tokens, complete, window_start, last_window,
         run_note, run_score, state_notes, valid, scores, write_index,
         policy, threshold, period, period_active, replacement, row_offset,
-        table, out_index, out_valid,
     ):  # fmt: skip
         """notes (B, L, S), token_score (B, L) (empty without a scorer), token_window (B, L),
         has_tokens / complete / window_start (B, C), last_window (B,), the pool before the call
-        (run_note (B, S), run_score (B,), state_notes (B, k, S), and valid (B, k), scores
-        (B, k), write_index (B,), updated in place to the pool after the call). Writes table
-        (B, 1 + k + C, S), out_index (B, C + 1, k) and out_valid (B, C, k) as ``plan_pool``
-        returns them."""
+        (run_note (B, S), run_score (B,), state_notes (B, k, S), valid (B, k), scores (B, k),
+        write_index (B,); read only). Returns table (B, 1 + k + C, S), index (B, C + 1, k) and
+        valid (B, C, k) as ``plan_pool`` returns them, then the pool after the call: notes,
+        valid, scores, write_index, run_note, run_score."""
         batch, length, width = notes.shape
         windows = has_tokens.shape[1]
         slots = state_notes.shape[1]
+        run_note, run_score, state_notes = run_note.copy(), run_score.copy(), state_notes.copy()
+        valid, scores, write_index = valid.copy(), scores.copy(), write_index.copy()
+        table = np.empty((batch, row_offset + slots + windows, width), dtype=np.float32)
+        out_index = np.empty((batch, windows + 1, slots), dtype=np.int64)
+        out_valid = np.empty((batch, windows, slots), dtype=np.bool_)
         scored = token_score.shape[1] > 0
         window_note = np.empty((batch, windows, width), dtype=np.float32)
         window_score = np.empty((batch, windows), dtype=np.float32)
@@ -99,6 +103,15 @@ if is_available():
                     run_score[b] = window_score[b, last]
             for s in range(slots):
                 state_notes[b, s] = table[b, out_index[b, windows, s]]
+        return (
+            table, out_index, out_valid, state_notes, valid, scores, write_index, run_note,
+            run_score,
+        )  # fmt: skip
+
+
+def _array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """``t`` as a contiguous numpy array of ``dtype`` (a view when it already is one)."""
+    return np.ascontiguousarray(t.detach().to(dtype).numpy())
 
 
 def note_windows_applies(notes: torch.Tensor, state) -> bool:
@@ -140,46 +153,32 @@ def note_windows_cpu(
         (table (B, 1 + k + C, S), index (B, C, k), valid (B, C, k), the state after the call as
         a dict of ``PoolState``'s fields). The input state is not modified.
     """
-    batch, _, width = notes.shape
     windows = layout.num_windows
-    slots = state.notes.shape[1]
-    # Float32 copies: a bfloat16 pool of a model computing in float32 comes back float32, as
-    # from the torch path.
-    after = {
-        "notes": owned_copy(state.notes, torch.float32),
-        "scores": owned_copy(state.scores, torch.float32),
-        "valid": owned_copy(state.valid, torch.bool),
-        "write_index": owned_copy(state.write_index, torch.int64),
-        "run_note": owned_copy(state.run_note, torch.float32),
-        "run_score": owned_copy(state.run_score, torch.float32),
-    }
-    table = torch.empty(batch, row_offset + slots + windows, width)
-    index = torch.empty(batch, windows + 1, slots, dtype=torch.int64)
-    valid = torch.empty(batch, windows, slots, dtype=torch.bool)
-    _note_windows_kernel(
-        np.ascontiguousarray(notes.detach().numpy()),
-        np.empty((batch, 0), np.float32)
+    outputs = _note_windows_kernel(
+        _array(notes, torch.float32),
+        np.empty((notes.shape[0], 0), np.float32)
         if token_score is None
-        else np.ascontiguousarray(token_score.detach().numpy()),
+        else _array(token_score, torch.float32),
         layout.token_window.numpy(),
         layout.has_tokens.numpy(),
         layout.complete.numpy(),
         layout.window_start.numpy(),
         layout.last_window.numpy(),
-        after["run_note"].numpy(),
-        after["run_score"].numpy(),
-        after["notes"].numpy(),
-        after["valid"].numpy(),
-        after["scores"].numpy(),
-        after["write_index"].numpy(),
+        _array(state.run_note, torch.float32),
+        _array(state.run_score, torch.float32),
+        _array(state.notes, torch.float32),
+        _array(state.valid, torch.bool),
+        _array(state.scores, torch.float32),
+        _array(state.write_index, torch.int64),
         POLICY_CODES[policy],
         np.float32(threshold),
         int(period),
         int(period_active),
         REPLACEMENT_CODES[replacement],
         int(row_offset),
-        table.numpy(),
-        index.numpy(),
-        valid.numpy(),
     )
+    table, index, valid, *pool = (torch.from_numpy(a) for a in outputs)
+    # Float32 state: a bfloat16 pool of a model computing in float32 comes back float32, as
+    # from the torch path.
+    after = dict(zip(("notes", "valid", "scores", "write_index", "run_note", "run_score"), pool))
     return table, index[:, :windows], valid, after

@@ -299,22 +299,29 @@ if is_available():
             )  # fmt: skip
 
 
+def _attend(q, k_table, v_table, index, valid, token_window, heads, save_lse):
+    """Run the forward kernel on contiguous copies (views when already contiguous); returns
+    (out (B, L, S), lse (B, heads, L), empty unless ``save_lse``, and the inputs it read)."""
+    q, k_table, v_table = (t.detach().contiguous() for t in (q, k_table, v_table))
+    index, valid, token_window = (t.contiguous() for t in (index, valid, token_window))
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[0], heads, q.shape[1] if save_lse else 0, dtype=torch.float32)
+    _forward_kernel(
+        q.numpy(), k_table.numpy(), v_table.numpy(), index.numpy(), valid.numpy(),
+        token_window.numpy(), heads, out.numpy(), lse.numpy(), save_lse,
+    )  # fmt: skip
+    return out, lse, (q, k_table, v_table, index, valid, token_window)
+
+
 class _PoolAttentionCPU(torch.autograd.Function):
     """Autograd wrapper of the kernels; gradients flow to q, k_table and v_table."""
 
     @staticmethod
     def forward(ctx, q, k_table, v_table, index, valid, token_window, heads):
-        q, k_table, v_table = (t.detach().contiguous() for t in (q, k_table, v_table))
-        index, valid, token_window = (t.contiguous() for t in (index, valid, token_window))
-        out = torch.empty_like(q)
         # The log-sum-exp is only for the backward: inference skips a log per token and head.
         save_lse = any(ctx.needs_input_grad[:3])
-        lse = torch.empty(q.shape[0], heads, q.shape[1] if save_lse else 0, dtype=torch.float32)
-        _forward_kernel(
-            q.numpy(), k_table.numpy(), v_table.numpy(), index.numpy(), valid.numpy(),
-            token_window.numpy(), heads, out.numpy(), lse.numpy(), save_lse,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k_table, v_table, index, valid, token_window, lse)
+        out, lse, inputs = _attend(q, k_table, v_table, index, valid, token_window, heads, save_lse)
+        ctx.save_for_backward(*inputs, lse)
         ctx.heads = heads
         return out
 
@@ -359,4 +366,6 @@ def pool_attention_cpu(
     """
     if not is_available():
         raise RuntimeError("the fused CPU pool attention needs numba")
-    return _PoolAttentionCPU.apply(q, k_table, v_table, index, valid, token_window, heads)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_table, v_table)):
+        return _PoolAttentionCPU.apply(q, k_table, v_table, index, valid, token_window, heads)
+    return _attend(q, k_table, v_table, index, valid, token_window, heads, save_lse=False)[0]
