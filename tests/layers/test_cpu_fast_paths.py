@@ -88,12 +88,70 @@ def test_fused_note_pool_equals_torch_path(monkeypatch, policy, replacement, pad
             assert a.dtype == b.dtype and torch.equal(a, b), (call, i)
 
 
+def _pool_grads(pool, lengths, pad, quantum):
+    """Gradients of a random weighting of every differentiable output of ``pool`` over
+    consecutive calls (the state carried detached, as training carries it), with respect to
+    the inputs and the summariser's and scorer's parameters. ``quantum`` rounds the inputs so
+    that window maxima tie."""
+    g = torch.Generator().manual_seed(2)
+    batch = 3
+    state, seen, grads = None, torch.zeros(batch, dtype=torch.long), []
+    params = [p for p in pool.parameters()]
+    for length in lengths:
+        x = torch.randn(batch, length, pool.summarizer.in_features, generator=g)
+        x = ((x / quantum).round() * quantum).requires_grad_(True)
+        mask = torch.ones(batch, length, dtype=torch.long)
+        if pad:
+            mask[0, : length // 3] = 0
+        layout = note_pool.WindowLayout.build(mask, seen, length, pool.window)
+        snapshots, after = pool(x, layout, state, return_state=True)
+        outs = [snapshots.table, after.notes, after.run_note, after.run_score]
+        loss = sum(
+            (torch.where(o.isfinite(), o, 0.0) * torch.randn(o.shape, generator=g)).sum()
+            for o in outs
+            if o.requires_grad
+        )
+        grads.append(torch.autograd.grad(loss, [x, *params], allow_unused=True))
+        state = after.map(torch.Tensor.detach)
+        seen = layout.seen_after
+    return grads
+
+
+@needs_numba
+@pytest.mark.parametrize("policy,replacement", [(g[0], g[1]) for g in GRID[::9]],
+                         ids=["-".join(g[:2]) for g in GRID[::9]])  # fmt: skip
+@pytest.mark.parametrize("pad", [False, True])
+@pytest.mark.parametrize("quantum", [1e-6, 0.5], ids=["continuous", "ties"])
+def test_fused_note_pool_gradients_equal_torch_path(monkeypatch, policy, replacement, pad, quantum):
+    """With gradients (training), the fused kernels' backward gives the torch path's
+    gradients: through the table, the pool after the call and the open window, with ties of
+    a window's max split as ``window_max`` and ``torch.maximum`` split them."""
+    torch.manual_seed(0)
+    pool = note_pool.NotePool(
+        tiny_config(note_policy=policy, pool_replacement=replacement, note_period_active=4)
+    )
+    if pool.scorer is not None:
+        torch.nn.init.normal_(pool.scorer.weight, std=2.0)
+    lengths = (7, 1, 13, 2, 21)
+    fused = _pool_grads(pool, lengths, pad, quantum)
+    with monkeypatch.context() as m:
+        m.setattr(note_windows, "note_windows_applies", lambda *a: False)
+        plain = _pool_grads(pool, lengths, pad, quantum)
+    for call, (got, want) in enumerate(zip(fused, plain, strict=True)):
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert (a is None) == (b is None), (call, i)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"call {call}, {i}")
+
+
 def test_fused_note_pool_steps_aside_for_gradients():
     state = note_pool.NotePool(tiny_config()).empty_state(1, torch.device("cpu"), torch.float32)
     notes = torch.zeros(1, 4, 8, requires_grad=True)
-    assert not note_windows.note_windows_applies(notes, state)
+    # gradients to the notes: the kernels have a backward
+    assert note_windows.note_windows_applies(notes, state) == pool_plan.is_available()
     assert note_windows.note_windows_applies(notes.detach(), state) == pool_plan.is_available()
-    state.run_note.requires_grad_(True)  # a state that gradients must reach
+    state.run_note.requires_grad_(True)  # a state from before the call that gradients must reach
+    assert not note_windows.note_windows_applies(notes, state)
     assert not note_windows.note_windows_applies(notes.detach(), state)
     with torch.no_grad():
         assert note_windows.note_windows_applies(notes, state) == pool_plan.is_available()

@@ -18,8 +18,9 @@ call on L tokens the module returns, for each window touched by the call, the po
 at that window's start as an index table into a notes tensor that holds the notes carried in
 from the cache followed by the notes of this call's windows. Only this index bookkeeping loops
 over windows (one numba kernel on CPU, ``memmamba.ops.pool_plan``; a loop of small tensor ops
-elsewhere); all per-token work is batched. In CPU inference (float32, no gradient) everything
-after the note and score projections is one kernel, ``memmamba.ops.note_windows``.
+elsewhere); all per-token work is batched. On CPU in float32 everything after the note and
+score projections is one kernel, ``memmamba.ops.note_windows``, with a backward kernel for
+training (when the pool carried into the call needs no gradient).
 """
 
 from __future__ import annotations
@@ -402,8 +403,8 @@ class NotePool(nn.Module):
         state: PoolState,
         return_state: bool,
     ) -> tuple[PoolSnapshots, PoolState | None]:
-        """``forward``'s bookkeeping after the projections as one CPU kernel (float32, no
-        gradient): the same snapshots and state, bit for bit (``ops.note_windows``)."""
+        """``forward``'s bookkeeping after the projections as one CPU kernel (float32): the same
+        snapshots and state, bit for bit, and the same gradients (``ops.note_windows``)."""
         table, index, valid, after = note_windows.note_windows_cpu(
             notes,
             None if token_score is None else token_score[..., 0],

@@ -1,27 +1,34 @@
-"""A call's note windows and pool replay in one CPU kernel (inference).
+"""A call's note windows and pool replay in one CPU kernel, with its backward.
 
 ``NotePool.forward`` turns a call's token notes ``W_n x_t + b`` (and, with policy ``"score"``,
 token scores) into the pool snapshot of every window and the pool after the call. Its torch
 path (any device, autograd) spends ~25 small tensor operations and three kernel launches on
-this per layer and call, which at a chunk of a few hundred tokens cost several times the
-arithmetic. ``note_windows_cpu`` does all of it in one numba call for float32 CPU tensors when
-no gradient is needed: window max-pooling merged with the carried-in open window, the stored
-notes, the policy's eligibility, the replacement replay (``pool_plan.replay_pool``), the notes
-table and the state after the call. Every value is the same as the torch path's, bit for bit:
-the operations are maxima, selections and one float32 product per element
-(``tests/layers/test_cpu_fast_paths.py`` compares them exactly).
+this per layer and call, forward and backward, which at a chunk of a few hundred tokens cost
+several times the arithmetic. ``note_windows_cpu`` does all of it in one numba call for float32
+CPU tensors: window max-pooling merged with the carried-in open window, the stored notes, the
+policy's eligibility, the replacement replay (``pool_plan.replay_pool``), the notes table and
+the state after the call. Every value is the same as the torch path's, bit for bit: the
+operations are maxima, selections and one float32 product per element. When the notes or
+scores need a gradient (training), a second kernel gives the torch path's gradients: each
+window's gradient split evenly over the tokens holding its max (``window_max``'s rule), window
+0's between its own max and the carried-in one as ``torch.maximum`` splits it. The pool from
+before the call must not need a gradient (training carries it detached).
+``tests/layers/test_cpu_fast_paths.py`` compares values and gradients with the torch path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
 from .window_max import max_into
 
 if is_available():
-    from numba import njit
+    from numba import njit, prange
+
+    _PARALLEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 
 __all__ = ["is_available", "note_windows_applies", "note_windows_cpu"]
 
@@ -108,6 +115,97 @@ if is_available():
             run_score,
         )  # fmt: skip
 
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _split_tie(own, other):
+        """Share of a ``maximum(own, other)`` gradient that goes to ``own`` (torch's rule: all
+        when larger, half on a tie, none when smaller)."""
+        if own > other:
+            return np.float32(1.0)
+        if own == other:
+            return np.float32(0.5)
+        return np.float32(0.0)
+
+    @njit(**_PARALLEL)
+    def _note_windows_backward_kernel(
+        notes, token_score, token_window, has_tokens, complete, last_window, run_note,
+        run_score, out_index, row_offset, d_table, d_pool_notes, d_run_note, d_run_score,
+        d_notes, d_token_score,
+    ):  # fmt: skip
+        """Gradients of the forward kernel's table, pool notes and open-window maxima
+        (d_table (B, T, S), d_pool_notes (B, k, S), d_run_note (B, S), d_run_score (B,)) with
+        respect to notes (B, L, S) and token_score (B, L) (empty without a scorer), written to
+        d_notes and d_token_score. The forward's inputs are given again (run_note / run_score:
+        the carried-in open window); its window maxima are recomputed. A window's gradient is
+        split evenly over the tokens equal to its max (as ``window_max``), and window 0's
+        between its own max and the carried one as ``torch.maximum`` splits it."""
+        batch, length, width = notes.shape
+        windows = has_tokens.shape[1]
+        slots = d_pool_notes.shape[1]
+        scored = token_score.shape[1] > 0
+        for b in prange(batch):
+            own = np.full((windows, width), -np.inf, dtype=np.float32)
+            own_score = np.full(windows, -np.inf, dtype=np.float32)
+            for t in range(length):
+                c = token_window[b, t]
+                if c < windows:
+                    max_into(own[c], notes[b, t])
+                    if scored:
+                        v = token_score[b, t]
+                        if v > own_score[c] or v != v:
+                            own_score[c] = v
+            merged = own.copy()
+            max_into(merged[0], run_note[b])
+            merged_score = own_score.copy()
+            if scored and (run_score[b] > merged_score[0] or run_score[b] != run_score[b]):
+                merged_score[0] = run_score[b]
+            # d(stored notes), the table rows of the windows plus what the pool after the
+            # call read from them
+            d_rows = d_table[b].copy()
+            for m in range(slots):
+                row = out_index[b, windows, m]
+                for j in range(width):
+                    d_rows[row, j] += d_pool_notes[b, m, j]
+            d_note = np.zeros((windows, width), dtype=np.float32)
+            d_score = np.zeros(windows, dtype=np.float32)
+            for c in range(windows):
+                if not has_tokens[b, c]:
+                    continue
+                d_stored = d_rows[row_offset + slots + c]
+                for j in range(width):
+                    if scored:
+                        d_note[c, j] = d_stored[j] * merged_score[c]
+                        d_score[c] += d_stored[j] * merged[c, j]
+                    else:
+                        d_note[c, j] = d_stored[j]
+            last = last_window[b]
+            if not complete[b, last]:  # the open window's maxima leave as the run
+                for j in range(width):
+                    d_note[last, j] += d_run_note[b, j]
+                if scored:
+                    d_score[last] += d_run_score[b]
+            for j in range(width):
+                d_note[0, j] *= _split_tie(own[0, j], run_note[b, j])
+            if scored:
+                d_score[0] *= _split_tie(own_score[0], run_score[b])
+            ties = np.zeros((windows, width), dtype=np.float32)
+            score_ties = np.zeros(windows, dtype=np.float32)
+            for t in range(length):
+                c = token_window[b, t]
+                if c < windows:
+                    for j in range(width):
+                        if notes[b, t, j] == own[c, j]:
+                            ties[c, j] += 1.0
+                    if scored and token_score[b, t] == own_score[c]:
+                        score_ties[c] += 1.0
+            for t in range(length):
+                c = token_window[b, t]
+                for j in range(width):
+                    hit = c < windows and notes[b, t, j] == own[c, j]
+                    d_notes[b, t, j] = d_note[c, j] / ties[c, j] if hit else np.float32(0.0)
+                if scored:
+                    hit = c < windows and token_score[b, t] == own_score[c]
+                    d_token_score[b, t] = d_score[c] / score_ties[c] if hit else np.float32(0.0)
+
 
 def _array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """``t`` as a contiguous numpy array of ``dtype`` (a view when it already is one)."""
@@ -115,19 +213,85 @@ def _array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 
 
 def note_windows_applies(notes: torch.Tensor, state) -> bool:
-    """The kernel takes float32 CPU notes when no gradient has to flow through them or through
-    the pool ``state`` (a ``PoolState``)."""
+    """The kernels take float32 CPU notes when no gradient has to flow into the pool ``state``
+    (a ``PoolState``) from before the call (training carries it detached)."""
     if not is_available() or notes.device.type != "cpu" or notes.dtype != torch.float32:
         return False
     if state.notes.device.type != "cpu":
         return False
-    return not torch.is_grad_enabled() or not (
-        notes.requires_grad or any(t.requires_grad for t in state.tensors().values())
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in state.tensors().values())
+
+
+_STATE_FIELDS = ("notes", "valid", "scores", "write_index", "run_note", "run_score")
+"""The pool after the call, in the order the forward kernel returns it (``PoolState``'s)."""
+
+
+def _forward(notes, token_score, layout, state, settings) -> tuple[torch.Tensor, ...]:
+    """The forward kernel on float32 copies (views where they already are): table, index
+    (B, C + 1, k), valid, then the pool after the call in ``_STATE_FIELDS`` order."""
+    outputs = _note_windows_kernel(
+        _array(notes, torch.float32),
+        _array(token_score, torch.float32),
+        layout.token_window.numpy(),
+        layout.has_tokens.numpy(),
+        layout.complete.numpy(),
+        layout.window_start.numpy(),
+        layout.last_window.numpy(),
+        _array(state.run_note, torch.float32),
+        _array(state.run_score, torch.float32),
+        _array(state.notes, torch.float32),
+        _array(state.valid, torch.bool),
+        _array(state.scores, torch.float32),
+        _array(state.write_index, torch.int64),
+        *settings,
     )
+    return tuple(torch.from_numpy(a) for a in outputs)
+
+
+class _NoteWindowsCPU(torch.autograd.Function):
+    """The forward kernel with its backward: gradients reach the notes and the token scores
+    through the table, the pool notes after the call and the open window's maxima (the pool
+    before the call must not need one)."""
+
+    @staticmethod
+    def forward(ctx, notes, token_score, layout, state, settings):
+        outputs = _forward(notes, token_score, layout, state, settings)
+        table, index, valid, pool_notes, pool_valid, scores, write_index, run_note, run_score = (
+            outputs
+        )
+        ctx.mark_non_differentiable(index, valid, pool_valid, scores, write_index)
+        if token_score.shape[1] == 0:
+            ctx.mark_non_differentiable(run_score)
+        ctx.layout, ctx.row_offset = layout, settings[-1]
+        ctx.save_for_backward(
+            _array_tensor(notes), _array_tensor(token_score), index,
+            _array_tensor(state.run_note), _array_tensor(state.run_score),
+        )  # fmt: skip
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_table, _i, _v, d_pool_notes, _pv, _s, _w, d_run_note, d_run_score):
+        notes, token_score, index, run_note, run_score = ctx.saved_tensors
+        layout = ctx.layout
+        d_notes = torch.empty_like(notes)
+        d_token_score = torch.empty_like(token_score)
+        _note_windows_backward_kernel(
+            notes.numpy(), token_score.numpy(), layout.token_window.numpy(),
+            layout.has_tokens.numpy(), layout.complete.numpy(), layout.last_window.numpy(),
+            run_note.numpy(), run_score.numpy(), index.numpy(), ctx.row_offset,
+            *(_array(g, torch.float32) for g in (d_table, d_pool_notes, d_run_note, d_run_score)),
+            d_notes.numpy(), d_token_score.numpy(),
+        )  # fmt: skip
+        return d_notes, d_token_score, None, None, None
+
+
+def _array_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A detached float32 contiguous ``t`` (itself when it already is)."""
+    return t.detach().to(torch.float32).contiguous()
 
 
 @torch.compiler.disable
-@torch.no_grad()
 def note_windows_cpu(
     notes: torch.Tensor,
     token_score: torch.Tensor | None,
@@ -140,45 +304,32 @@ def note_windows_cpu(
     replacement: str,
     row_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """A call's pool snapshots and the pool after it, in one kernel.
+    """A call's pool snapshots and the pool after it, in one kernel (with a backward kernel
+    when the notes or scores need a gradient).
 
     Args:
         notes: (B, L, S) float32 token notes; token_score: (B, L) float32 sigmoid scores, or
             None without a scorer.
-        layout: the call's ``WindowLayout``; state: the ``PoolState`` before the call.
+        layout: the call's ``WindowLayout``; state: the ``PoolState`` before the call (not
+            needing a gradient).
         policy, threshold, period, period_active, replacement: the ``NotePool``'s settings.
         row_offset: table row of the first carried-in slot (``note_pool.TABLE_OFFSET``).
 
     Returns:
         (table (B, 1 + k + C, S), index (B, C, k), valid (B, C, k), the state after the call as
-        a dict of ``PoolState``'s fields). The input state is not modified.
+        a dict of ``PoolState``'s fields). The input state is not modified. Float32 state: a
+        bfloat16 pool of a model computing in float32 comes back float32, as from the torch
+        path.
     """
-    windows = layout.num_windows
-    outputs = _note_windows_kernel(
-        _array(notes, torch.float32),
-        np.empty((notes.shape[0], 0), np.float32)
-        if token_score is None
-        else _array(token_score, torch.float32),
-        layout.token_window.numpy(),
-        layout.has_tokens.numpy(),
-        layout.complete.numpy(),
-        layout.window_start.numpy(),
-        layout.last_window.numpy(),
-        _array(state.run_note, torch.float32),
-        _array(state.run_score, torch.float32),
-        _array(state.notes, torch.float32),
-        _array(state.valid, torch.bool),
-        _array(state.scores, torch.float32),
-        _array(state.write_index, torch.int64),
-        POLICY_CODES[policy],
-        np.float32(threshold),
-        int(period),
-        int(period_active),
-        REPLACEMENT_CODES[replacement],
-        int(row_offset),
-    )
-    table, index, valid, *pool = (torch.from_numpy(a) for a in outputs)
-    # Float32 state: a bfloat16 pool of a model computing in float32 comes back float32, as
-    # from the torch path.
-    after = dict(zip(("notes", "valid", "scores", "write_index", "run_note", "run_score"), pool))
-    return table, index[:, :windows], valid, after
+    if token_score is None:
+        token_score = notes.new_empty(notes.shape[0], 0)
+    settings = (
+        POLICY_CODES[policy], np.float32(threshold), int(period), int(period_active),
+        REPLACEMENT_CODES[replacement], int(row_offset),
+    )  # fmt: skip
+    if torch.is_grad_enabled() and (notes.requires_grad or token_score.requires_grad):
+        outputs = _NoteWindowsCPU.apply(notes, token_score, layout, state, settings)
+    else:
+        outputs = _forward(notes, token_score, layout, state, settings)
+    table, index, valid, *pool = outputs
+    return table, index[:, : layout.num_windows], valid, dict(zip(_STATE_FIELDS, pool))
