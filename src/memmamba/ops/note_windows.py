@@ -23,7 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
-from .window_max import max_into
+from .window_max import max_into, max_token_into
 
 if is_available():
     from numba import njit, prange
@@ -65,7 +65,7 @@ if is_available():
             for t in range(length):
                 c = token_window[b, t]
                 if c < windows:
-                    max_into(window_note[b, c], notes[b, t])
+                    max_token_into(window_note, b, c, notes, t)
                     if scored:
                         s = token_score[b, t]
                         if s > window_score[b, c] or s != s:
@@ -142,18 +142,18 @@ if is_available():
         windows = has_tokens.shape[1]
         slots = d_pool_notes.shape[1]
         scored = token_score.shape[1] > 0
+        own = np.full((batch, windows, width), -np.inf, dtype=np.float32)  # window maxima
         for b in prange(batch):
-            own = np.full((windows, width), -np.inf, dtype=np.float32)
             own_score = np.full(windows, -np.inf, dtype=np.float32)
             for t in range(length):
                 c = token_window[b, t]
                 if c < windows:
-                    max_into(own[c], notes[b, t])
+                    max_token_into(own, b, c, notes, t)
                     if scored:
                         v = token_score[b, t]
                         if v > own_score[c] or v != v:
                             own_score[c] = v
-            merged = own.copy()
+            merged = own[b].copy()
             max_into(merged[0], run_note[b])
             merged_score = own_score.copy()
             if scored and (run_score[b] > merged_score[0] or run_score[b] != run_score[b]):
@@ -184,7 +184,7 @@ if is_available():
                 if scored:
                     d_score[last] += d_run_score[b]
             for j in range(width):
-                d_note[0, j] *= _split_tie(own[0, j], run_note[b, j])
+                d_note[0, j] *= _split_tie(own[b, 0, j], run_note[b, j])
             if scored:
                 d_score[0] *= _split_tie(own_score[0], run_score[b])
             ties = np.zeros((windows, width), dtype=np.float32)
@@ -193,14 +193,14 @@ if is_available():
                 c = token_window[b, t]
                 if c < windows:
                     for j in range(width):
-                        if notes[b, t, j] == own[c, j]:
+                        if notes[b, t, j] == own[b, c, j]:
                             ties[c, j] += 1.0
                     if scored and token_score[b, t] == own_score[c]:
                         score_ties[c] += 1.0
             for t in range(length):
                 c = token_window[b, t]
                 for j in range(width):
-                    hit = c < windows and notes[b, t, j] == own[c, j]
+                    hit = c < windows and notes[b, t, j] == own[b, c, j]
                     d_notes[b, t, j] = d_note[c, j] / ties[c, j] if hit else np.float32(0.0)
                 if scored:
                     hit = c < windows and token_score[b, t] == own_score[c]

@@ -22,7 +22,7 @@ from .selective_scan.cpu import is_available
 if is_available():
     from numba import njit, prange
 
-__all__ = ["max_into", "window_max", "window_max_cpu", "window_max_torch"]
+__all__ = ["max_into", "max_token_into", "window_max", "window_max_cpu", "window_max_torch"]
 
 
 def window_max_torch(
@@ -48,6 +48,16 @@ if is_available():
             if v > row[s] or v != v:
                 row[s] = v
 
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def max_token_into(out, b, c, values, t):
+        """``max_into(out[b, c], values[b, t])`` without the two array views, whose reference
+        counting costs more than the max itself when done once per token. out: (B, C, S);
+        values: (B, L, S)."""
+        for s in range(out.shape[2]):
+            v = values[b, t, s]
+            if v > out[b, c, s] or v != v:
+                out[b, c, s] = v
+
     @njit(**_JIT)
     def _forward_kernel(values, token_window, out):
         """values (B, L, S) f32, token_window (B, L) i64; out (B, C, S) f32."""
@@ -58,7 +68,7 @@ if is_available():
             for t in range(length):
                 c = token_window[b, t]
                 if c < windows:
-                    max_into(out[b, c], values[b, t])
+                    max_token_into(out, b, c, values, t)
 
     @njit(**_JIT)
     def _backward_kernel(values, token_window, out, grad, dvalues):
