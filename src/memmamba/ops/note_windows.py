@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, replay_pool
+from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, owned_copy, replay_pool
 from .window_max import max_into, max_token_into
 
 if is_available():
@@ -37,23 +37,19 @@ if is_available():
     @njit(cache=True, nogil=True, error_model="numpy")
     def _note_windows_kernel(
         notes, token_score, token_window, has_tokens, complete, window_start, last_window,
-        run_note, run_score, state_notes, valid, scores, write_index,
+        state_notes, valid, scores, write_index, run_note, run_score,
         policy, threshold, period, period_active, replacement, row_offset,
+        table, out_index, out_valid,
     ):  # fmt: skip
         """notes (B, L, S), token_score (B, L) (empty without a scorer), token_window (B, L),
-        has_tokens / complete / window_start (B, C), last_window (B,), the pool before the call
-        (run_note (B, S), run_score (B,), state_notes (B, k, S), valid (B, k), scores (B, k),
-        write_index (B,); read only). Returns table (B, 1 + k + C, S), index (B, C + 1, k) and
-        valid (B, C, k) as ``plan_pool`` returns them, then the pool after the call: notes,
-        valid, scores, write_index, run_note, run_score."""
+        has_tokens / complete / window_start (B, C), last_window (B,); the pool before the call
+        (state_notes (B, k, S), valid (B, k), scores (B, k), write_index (B,), run_note (B, S),
+        run_score (B,)), updated in place to the pool after the call. Writes table
+        (B, 1 + k + C, S), out_index (B, C + 1, k) and out_valid (B, C, k) as ``plan_pool``
+        returns them."""
         batch, length, width = notes.shape
         windows = has_tokens.shape[1]
         slots = state_notes.shape[1]
-        run_note, run_score, state_notes = run_note.copy(), run_score.copy(), state_notes.copy()
-        valid, scores, write_index = valid.copy(), scores.copy(), write_index.copy()
-        table = np.empty((batch, row_offset + slots + windows, width), dtype=np.float32)
-        out_index = np.empty((batch, windows + 1, slots), dtype=np.int64)
-        out_valid = np.empty((batch, windows, slots), dtype=np.bool_)
         scored = token_score.shape[1] > 0
         window_note = np.empty((batch, windows, width), dtype=np.float32)
         window_score = np.empty((batch, windows), dtype=np.float32)
@@ -110,10 +106,6 @@ if is_available():
                     run_score[b] = window_score[b, last]
             for s in range(slots):
                 state_notes[b, s] = table[b, out_index[b, windows, s]]
-        return (
-            table, out_index, out_valid, state_notes, valid, scores, write_index, run_note,
-            run_score,
-        )  # fmt: skip
 
     @njit(cache=True, nogil=True, error_model="numpy")
     def _split_tie(own, other):
@@ -223,29 +215,45 @@ def note_windows_applies(notes: torch.Tensor, state) -> bool:
 
 
 _STATE_FIELDS = ("notes", "valid", "scores", "write_index", "run_note", "run_score")
-"""The pool after the call, in the order the forward kernel returns it (``PoolState``'s)."""
+"""The pool's fields in the order the kernels take them (``PoolState``'s)."""
+_STATE_DTYPES = {
+    "notes": torch.float32,
+    "valid": torch.bool,
+    "scores": torch.float32,
+    "write_index": torch.int64,
+    "run_note": torch.float32,
+    "run_score": torch.float32,
+}
+"""The kernels' dtype of each field (a bfloat16 pool of a float32 model comes back float32)."""
 
 
+@torch.no_grad()
 def _forward(notes, token_score, layout, state, settings) -> tuple[torch.Tensor, ...]:
     """The forward kernel on float32 copies (views where they already are): table, index
     (B, C + 1, k), valid, then the pool after the call in ``_STATE_FIELDS`` order."""
-    outputs = _note_windows_kernel(
-        _array(notes, torch.float32),
-        _array(token_score, torch.float32),
+    batch, _, width = notes.shape
+    windows = layout.num_windows
+    slots = state.notes.shape[1]
+    # Owned copies the kernel updates in place into the pool after the call.
+    after = {name: owned_copy(getattr(state, name), _STATE_DTYPES[name]) for name in _STATE_FIELDS}
+    table = torch.empty(batch, settings[-1] + slots + windows, width)
+    index = torch.empty(batch, windows + 1, slots, dtype=torch.int64)
+    valid = torch.empty(batch, windows, slots, dtype=torch.bool)
+    _note_windows_kernel(
+        np.ascontiguousarray(notes.detach().numpy()),
+        np.ascontiguousarray(token_score.detach().numpy()),
         layout.token_window.numpy(),
         layout.has_tokens.numpy(),
         layout.complete.numpy(),
         layout.window_start.numpy(),
         layout.last_window.numpy(),
-        _array(state.run_note, torch.float32),
-        _array(state.run_score, torch.float32),
-        _array(state.notes, torch.float32),
-        _array(state.valid, torch.bool),
-        _array(state.scores, torch.float32),
-        _array(state.write_index, torch.int64),
+        *(after[name].numpy() for name in _STATE_FIELDS),
         *settings,
+        table.numpy(),
+        index.numpy(),
+        valid.numpy(),
     )
-    return tuple(torch.from_numpy(a) for a in outputs)
+    return (table, index, valid, *(after[name] for name in _STATE_FIELDS))
 
 
 class _NoteWindowsCPU(torch.autograd.Function):
