@@ -199,11 +199,6 @@ if is_available():
                     d_token_score[b, t] = d_score[c] / score_ties[c] if hit else np.float32(0.0)
 
 
-def _array(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """``t`` as a contiguous numpy array of ``dtype`` (a view when it already is one)."""
-    return np.ascontiguousarray(t.detach().to(dtype).numpy())
-
-
 def note_windows_applies(notes: torch.Tensor, state) -> bool:
     """The kernels take float32 CPU notes when no gradient has to flow into the pool ``state``
     (a ``PoolState``) from before the call (training carries it detached)."""
@@ -229,8 +224,8 @@ _STATE_DTYPES = {
 
 @torch.no_grad()
 def _forward(notes, token_score, layout, state, settings) -> tuple[torch.Tensor, ...]:
-    """The forward kernel on float32 copies (views where they already are): table, index
-    (B, C + 1, k), valid, then the pool after the call in ``_STATE_FIELDS`` order."""
+    """The forward kernel: table, index (B, C + 1, k), valid, then the pool after the call in
+    ``_STATE_FIELDS`` order (owned copies of the pool before it, updated by the kernel)."""
     batch, _, width = notes.shape
     windows = layout.num_windows
     slots = state.notes.shape[1]
@@ -270,7 +265,7 @@ class _NoteWindowsCPU(torch.autograd.Function):
         ctx.mark_non_differentiable(index, valid, pool_valid, scores, write_index)
         if token_score.shape[1] == 0:
             ctx.mark_non_differentiable(run_score)
-        ctx.layout, ctx.row_offset = layout, settings[-1]
+        ctx.layout, ctx.row_offset = layout, settings[-1]  # settings end with the row offset
         ctx.save_for_backward(
             _array_tensor(notes), _array_tensor(token_score), index,
             _array_tensor(state.run_note), _array_tensor(state.run_score),
@@ -288,7 +283,7 @@ class _NoteWindowsCPU(torch.autograd.Function):
             notes.numpy(), token_score.numpy(), layout.token_window.numpy(),
             layout.has_tokens.numpy(), layout.complete.numpy(), layout.last_window.numpy(),
             run_note.numpy(), run_score.numpy(), index.numpy(), ctx.row_offset,
-            *(_array(g, torch.float32) for g in (d_table, d_pool_notes, d_run_note, d_run_score)),
+            *(_array_tensor(g).numpy() for g in (d_table, d_pool_notes, d_run_note, d_run_score)),
             d_notes.numpy(), d_token_score.numpy(),
         )  # fmt: skip
         return d_notes, d_token_score, None, None, None
