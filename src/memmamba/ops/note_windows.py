@@ -23,7 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .pool_plan import POLICY_CODES, REPLACEMENT_CODES, is_available, owned_copy, replay_pool
-from .window_max import max_into, max_token_into
+from .window_max import max_into, max_token_into, split_over_ties
 
 if is_available():
     from numba import njit, prange
@@ -33,6 +33,24 @@ if is_available():
 __all__ = ["is_available", "note_windows_applies", "note_windows_cpu"]
 
 if is_available():
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _window_maxima(notes, token_score, token_window, b, note_max, score_max):
+        """Sequence b's maxima over each window's tokens of the call (-inf for none; a NaN
+        stays): of the notes (B, L, S) into note_max[b] (C, S) and, with a scorer (token_score
+        (B, L) not empty), of the token scores into score_max[b] (C,)."""
+        windows = note_max.shape[1]
+        scored = token_score.shape[1] > 0
+        note_max[b] = -np.inf
+        score_max[b] = -np.inf
+        for t in range(notes.shape[1]):
+            c = token_window[b, t]
+            if c < windows:
+                max_token_into(note_max, b, c, notes, t)
+                if scored:
+                    s = token_score[b, t]
+                    if s > score_max[b, c] or s != s:
+                        score_max[b, c] = s
 
     @njit(cache=True, nogil=True, error_model="numpy")
     def _note_windows_kernel(
@@ -56,16 +74,7 @@ if is_available():
         eligible = np.empty((batch, windows), dtype=np.bool_)
         insert_score = np.empty((batch, windows), dtype=np.float32)
         for b in range(batch):
-            window_note[b] = -np.inf
-            window_score[b] = -np.inf
-            for t in range(length):
-                c = token_window[b, t]
-                if c < windows:
-                    max_token_into(window_note, b, c, notes, t)
-                    if scored:
-                        s = token_score[b, t]
-                        if s > window_score[b, c] or s != s:
-                            window_score[b, c] = s
+            _window_maxima(notes, token_score, token_window, b, window_note, window_score)
             max_into(window_note[b, 0], run_note[b])
             if scored and (run_score[b] > window_score[b, 0] or run_score[b] != run_score[b]):
                 window_score[b, 0] = run_score[b]
@@ -134,17 +143,11 @@ if is_available():
         windows = has_tokens.shape[1]
         slots = d_pool_notes.shape[1]
         scored = token_score.shape[1] > 0
-        own = np.full((batch, windows, width), -np.inf, dtype=np.float32)  # window maxima
+        own = np.empty((batch, windows, width), dtype=np.float32)  # the forward's maxima
+        own_scores = np.empty((batch, windows), dtype=np.float32)
         for b in prange(batch):
-            own_score = np.full(windows, -np.inf, dtype=np.float32)
-            for t in range(length):
-                c = token_window[b, t]
-                if c < windows:
-                    max_token_into(own, b, c, notes, t)
-                    if scored:
-                        v = token_score[b, t]
-                        if v > own_score[c] or v != v:
-                            own_score[c] = v
+            _window_maxima(notes, token_score, token_window, b, own, own_scores)
+            own_score = own_scores[b]
             merged = own[b].copy()
             max_into(merged[0], run_note[b])
             merged_score = own_score.copy()
@@ -179,24 +182,13 @@ if is_available():
                 d_note[0, j] *= _split_tie(own[b, 0, j], run_note[b, j])
             if scored:
                 d_score[0] *= _split_tie(own_score[0], run_score[b])
-            ties = np.zeros((windows, width), dtype=np.float32)
-            score_ties = np.zeros(windows, dtype=np.float32)
-            for t in range(length):
-                c = token_window[b, t]
-                if c < windows:
-                    for j in range(width):
-                        if notes[b, t, j] == own[b, c, j]:
-                            ties[c, j] += 1.0
-                    if scored and token_score[b, t] == own_score[c]:
-                        score_ties[c] += 1.0
-            for t in range(length):
-                c = token_window[b, t]
-                for j in range(width):
-                    hit = c < windows and notes[b, t, j] == own[b, c, j]
-                    d_notes[b, t, j] = d_note[c, j] / ties[c, j] if hit else np.float32(0.0)
-                if scored:
-                    hit = c < windows and token_score[b, t] == own_score[c]
-                    d_token_score[b, t] = d_score[c] / score_ties[c] if hit else np.float32(0.0)
+            split_over_ties(notes[b], token_window[b], own[b], d_note, d_notes[b])
+            if scored:
+                split_over_ties(
+                    token_score[b].reshape((length, 1)), token_window[b],
+                    own_score.reshape((windows, 1)), d_score.reshape((windows, 1)),
+                    d_token_score[b].reshape((length, 1)),
+                )  # fmt: skip
 
 
 def note_windows_applies(notes: torch.Tensor, state) -> bool:

@@ -22,7 +22,14 @@ from .selective_scan.cpu import is_available
 if is_available():
     from numba import njit, prange
 
-__all__ = ["max_into", "max_token_into", "window_max", "window_max_cpu", "window_max_torch"]
+__all__ = [
+    "max_into",
+    "max_token_into",
+    "split_over_ties",
+    "window_max",
+    "window_max_cpu",
+    "window_max_torch",
+]
 
 
 def window_max_torch(
@@ -70,27 +77,34 @@ if is_available():
                 if c < windows:
                     max_token_into(out, b, c, values, t)
 
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def split_over_ties(values, token_window, maxima, grad, dvalues):
+        """One sequence's gradient of its window maxima: dvalues (L, S) gets each window's
+        grad (C, S) split evenly over the tokens equal to its max (maxima (C, S)), zero
+        elsewhere and for padding. values (L, S); token_window (L,)."""
+        length, width = values.shape
+        windows = maxima.shape[0]
+        ties = np.zeros((windows, width), dtype=np.float32)
+        for t in range(length):
+            c = token_window[t]
+            if c < windows:
+                for s in range(width):
+                    if values[t, s] == maxima[c, s]:
+                        ties[c, s] += 1.0
+        for t in range(length):
+            c = token_window[t]
+            for s in range(width):
+                if c < windows and values[t, s] == maxima[c, s]:
+                    dvalues[t, s] = grad[c, s] / ties[c, s]
+                else:
+                    dvalues[t, s] = 0.0
+
     @njit(**_JIT)
     def _backward_kernel(values, token_window, out, grad, dvalues):
-        """grad (B, C, S) of out; writes dvalues (B, L, S): each window's gradient split
-        evenly over the tokens equal to its max (zero elsewhere and for padding)."""
-        batch, length, width = values.shape
-        windows = out.shape[1]
-        for b in prange(batch):
-            ties = np.zeros((windows, width), dtype=np.float32)
-            for t in range(length):
-                c = token_window[b, t]
-                if c < windows:
-                    for s in range(width):
-                        if values[b, t, s] == out[b, c, s]:
-                            ties[c, s] += 1.0
-            for t in range(length):
-                c = token_window[b, t]
-                for s in range(width):
-                    if c < windows and values[b, t, s] == out[b, c, s]:
-                        dvalues[b, t, s] = grad[b, c, s] / ties[c, s]
-                    else:
-                        dvalues[b, t, s] = 0.0
+        """grad (B, C, S) of out; writes dvalues (B, L, S) (``split_over_ties`` per
+        sequence)."""
+        for b in prange(values.shape[0]):
+            split_over_ties(values[b], token_window[b], out[b], grad[b], dvalues[b])
 
 
 class _WindowMaxCPU(torch.autograd.Function):
