@@ -43,23 +43,30 @@ def test_numba_plan_equals_torch_loop(monkeypatch, replacement):
             assert got.dtype == want.dtype and torch.equal(got, want)
 
 
-def _pool_calls(pool, lengths, pad):
-    """Run ``pool`` over consecutive calls of ``lengths`` tokens carrying its state; returns
-    every call's output."""
-    g = torch.Generator().manual_seed(1)
+def _call_inputs(pool, lengths, pad, g):
+    """Inputs (x, layout) of consecutive calls of ``lengths`` tokens on 3 sequences (one
+    left-padded when ``pad``), each layout continuing the previous call's positions."""
     batch = 3
-    state, seen, outputs = None, torch.zeros(batch, dtype=torch.long), []
+    seen = torch.zeros(batch, dtype=torch.long)
     for length in lengths:
         x = torch.randn(batch, length, pool.summarizer.in_features, generator=g)
         mask = torch.ones(batch, length, dtype=torch.long)
         if pad:
             mask[0, : length // 3] = 0  # left padding in one sequence
         layout = note_pool.WindowLayout.build(mask, seen, length, pool.window)
+        yield x, layout
+        seen = layout.seen_after
+
+
+def _pool_calls(pool, lengths, pad):
+    """Run ``pool`` over consecutive calls of ``lengths`` tokens carrying its state; returns
+    every call's output."""
+    state, outputs = None, []
+    for x, layout in _call_inputs(pool, lengths, pad, torch.Generator().manual_seed(1)):
         snapshots, state = pool(x, layout, state, return_state=True)
         outputs.append(
             (snapshots.table, snapshots.index, snapshots.valid, *state.tensors().values())
         )
-        seen = layout.seen_after
     return outputs
 
 
@@ -94,16 +101,10 @@ def _pool_grads(pool, lengths, pad, quantum):
     the inputs and the summariser's and scorer's parameters. ``quantum`` rounds the inputs so
     that window maxima tie."""
     g = torch.Generator().manual_seed(2)
-    batch = 3
-    state, seen, grads = None, torch.zeros(batch, dtype=torch.long), []
-    params = [p for p in pool.parameters()]
-    for length in lengths:
-        x = torch.randn(batch, length, pool.summarizer.in_features, generator=g)
+    state, grads = None, []
+    params = list(pool.parameters())
+    for x, layout in _call_inputs(pool, lengths, pad, g):
         x = ((x / quantum).round() * quantum).requires_grad_(True)
-        mask = torch.ones(batch, length, dtype=torch.long)
-        if pad:
-            mask[0, : length // 3] = 0
-        layout = note_pool.WindowLayout.build(mask, seen, length, pool.window)
         snapshots, after = pool(x, layout, state, return_state=True)
         outs = [snapshots.table, after.notes, after.run_note, after.run_score]
         loss = sum(
@@ -113,7 +114,6 @@ def _pool_grads(pool, lengths, pad, quantum):
         )
         grads.append(torch.autograd.grad(loss, [x, *params], allow_unused=True))
         state = after.map(torch.Tensor.detach)
-        seen = layout.seen_after
     return grads
 
 
