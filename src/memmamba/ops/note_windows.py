@@ -53,6 +53,15 @@ if is_available():
                         score_max[b, c] = s
 
     @njit(cache=True, nogil=True, error_model="numpy")
+    def _merge_carried(note_max, score_max, run_note, run_score, scored):
+        """Window 0 of a sequence merged with the open window carried in from the previous
+        call, in place: note_max (C, S) row 0 with run_note (S,), and (``scored``) score_max
+        (C,) entry 0 with the scalar run_score (a NaN stays, as in torch.maximum)."""
+        max_into(note_max[0], run_note)
+        if scored and (run_score > score_max[0] or run_score != run_score):
+            score_max[0] = run_score
+
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _note_windows_kernel(
         notes, token_score, token_window, has_tokens, complete, window_start, last_window,
         state_notes, valid, scores, write_index, run_note, run_score,
@@ -75,9 +84,7 @@ if is_available():
         insert_score = np.empty((batch, windows), dtype=np.float32)
         for b in range(batch):
             _window_maxima(notes, token_score, token_window, b, window_note, window_score)
-            max_into(window_note[b, 0], run_note[b])
-            if scored and (run_score[b] > window_score[b, 0] or run_score[b] != run_score[b]):
-                window_score[b, 0] = run_score[b]
+            _merge_carried(window_note[b], window_score[b], run_note[b], run_score[b], scored)
             for r in range(row_offset):
                 table[b, r] = 0.0
             for s in range(slots):
@@ -148,11 +155,8 @@ if is_available():
         for b in prange(batch):
             _window_maxima(notes, token_score, token_window, b, own, own_scores)
             own_score = own_scores[b]
-            merged = own[b].copy()
-            max_into(merged[0], run_note[b])
-            merged_score = own_score.copy()
-            if scored and (run_score[b] > merged_score[0] or run_score[b] != run_score[b]):
-                merged_score[0] = run_score[b]
+            merged, merged_score = own[b].copy(), own_score.copy()  # the forward's maxima
+            _merge_carried(merged, merged_score, run_note[b], run_score[b], scored)
             # d(stored notes), the table rows of the windows plus what the pool after the
             # call read from them
             d_rows = d_table[b].copy()
